@@ -1,0 +1,203 @@
+"""Configuration: read once from the environment at boot, validated with pydantic.
+
+Enters: ``os.environ`` (or any mapping, for tests).
+Leaves: a frozen :class:`Config`.
+On failure: :class:`ConfigError` whose message is one line naming the variable, the
+value and what was expected; ``cmd``/``cli`` turns it into exit code 2 before anything
+starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A configuration variable is invalid. ``str(err)`` is the one line to print."""
+
+
+def parse_duration(value: str) -> float:
+    """``50ms``, ``2s``, ``1m``, ``1h`` or plain seconds (``1.5``) → seconds."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError("expected a duration like 50ms, 2s, 1m, 1h or plain seconds")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+# variable name -> (field name, default as the environment would spell it)
+ENV_VARS: dict[str, tuple[str, str | None]] = {
+    "HOST": ("host", "127.0.0.1"),
+    "PORT": ("port", "8080"),
+    "DATA_DIR": ("data_dir", "./data"),
+    "CLICKHOUSE_URL": ("clickhouse_url", None),
+    "DATABASE_URL": ("database_url", None),
+    "INGEST_EVENT_BUFFER": ("event_buffer", "50000"),
+    "INGEST_FLUSH_EVENTS": ("flush_events", "5000"),
+    "INGEST_FLUSH_INTERVAL": ("flush_interval", "2s"),
+    "INGEST_SHUTDOWN_GRACE": ("shutdown_grace", "10s"),
+    "INGEST_DISABLED": ("ingest_disabled", "false"),
+    "INGEST_MAX_BODY_BYTES": ("max_body_bytes", "10485760"),
+    "INGEST_DLQ_DRAIN_BATCH_LIMIT": ("dlq_drain_batch_limit", "10"),
+    "INGEST_TOKEN_CACHE_TTL": ("token_cache_ttl", "60s"),
+    "DLQ_DEPTH_503_THRESHOLD": ("dlq_depth_503_threshold", "100000"),
+    "ALLOWED_ORIGINS": ("allowed_origins", ""),
+    "LOG_LEVEL": ("log_level", "info"),
+    "LOG_FORMAT": ("log_format", "json"),
+}
+_FIELD_TO_VAR = {field: var for var, (field, _) in ENV_VARS.items()}
+_DURATION_FIELDS = ("flush_interval", "shutdown_grace", "token_cache_ttl")
+_EXPECTED = {
+    "port": "an integer from 1 to 65535",
+    "event_buffer": "a positive integer",
+    "flush_events": "a positive integer",
+    "max_body_bytes": "a positive integer",
+    "dlq_drain_batch_limit": "a positive integer",
+    "dlq_depth_503_threshold": "a non-negative integer",
+}
+
+
+class Config(BaseModel):
+    """Every setting Sluice reads; see the README's configuration table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    data_dir: Path
+    clickhouse_url: str
+    database_url: str | None
+    event_buffer: int
+    flush_events: int
+    flush_interval: float
+    shutdown_grace: float
+    ingest_disabled: bool
+    max_body_bytes: int
+    dlq_drain_batch_limit: int
+    token_cache_ttl: float
+    dlq_depth_503_threshold: int
+    allowed_origins: tuple[str, ...]
+    log_level: str
+    log_format: str
+
+    @field_validator(*_DURATION_FIELDS, mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+        if seconds <= 0:
+            raise ValueError("expected a duration greater than zero")
+        return seconds
+
+    @field_validator("ingest_disabled", mode="before")
+    @classmethod
+    def _bool(cls, value: Any) -> bool:
+        return _parse_bool(value) if isinstance(value, str) else bool(value)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("out of range")
+        return value
+
+    @field_validator("event_buffer", "flush_events", "max_body_bytes", "dlq_drain_batch_limit")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("dlq_depth_503_threshold")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return tuple(value)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str) -> str:
+        if not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("expected chdb:///path or http(s)://user:pass@host:port/database")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("expected postgresql://user:pass@host:port/database, or unset")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError("expected debug, info, warning, error or critical")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("json", "console"):
+            raise ValueError("expected json or console")
+        return value
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """Build the :class:`Config` from an environment mapping, or raise :class:`ConfigError`."""
+    raw: dict[str, Any] = {}
+    for var, (field, default) in ENV_VARS.items():
+        value = environ.get(var)
+        if value is None or (value == "" and default is not None and var != "ALLOWED_ORIGINS"):
+            value = default
+        raw[field] = value
+    data_dir = Path(raw["data_dir"] or "./data")
+    if raw["clickhouse_url"] is None:
+        raw["clickhouse_url"] = f"chdb://{(data_dir / 'clickhouse').resolve()}"
+    if raw["database_url"] == "":
+        raw["database_url"] = None
+    try:
+        config = Config(**raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        var = _FIELD_TO_VAR.get(field, field)
+        value = environ.get(var, ENV_VARS.get(var, ("", ""))[1])
+        reason = _EXPECTED.get(field) if error["type"].endswith("_parsing") else None
+        reason = reason or str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid {var}={value!r}: {reason}") from None
+    if config.flush_events > config.event_buffer:
+        raise ConfigError(
+            f"invalid INGEST_FLUSH_EVENTS={config.flush_events}: "
+            f"must not exceed INGEST_EVENT_BUFFER={config.event_buffer}"
+        )
+    return config
