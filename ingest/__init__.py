@@ -1,0 +1,33 @@
+"""Sluice's ingest pipeline. Each stage is one module; this is the map.
+
+::
+
+    POST /api/v1/ingest/events                                     ingest/http.py
+        │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
+        ▼
+    validate ── bad events rejected by index, with a reason        ingest/validate.py
+        │  rows (ClickHouse column values, received_at stamped once)
+        ▼
+    buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py
+        │  batches of ≤ INGEST_FLUSH_EVENTS, or every INGEST_FLUSH_INTERVAL
+        ▼
+    flush ───── one INSERT per batch, batch id = dedup token       ingest/flush.py
+        │ ok → ClickHouse events_raw_v1 (+ usage hook)
+        │ fail ↓
+    dead-letter  one failed_events row per batch (Postgres)        ingest/deadletter.py
+        │        (that fails too → fatal: 503 "ingest down", batch held in memory)
+        ▼
+    drain ───── replay due rows (SKIP LOCKED), backoff on          ingest/drain.py
+                transient errors, bisect + quarantine permanent ones
+
+Around it: process flags read by the hot path (``state.py``), metrics (``metrics.py``),
+configuration (``config.py``), logging (``logs.py``), the composition root and the
+shutdown choreography (``app.py``), and the ``sluice`` command line (``cli.py``).
+Stores live in ``storage/`` (ClickHouse transports, Postgres, migrations); projects and
+tokens in ``auth/``.
+
+The promise: an event answered with 2xx reaches ClickHouse exactly once. Every stage
+says in its docstring what enters, what leaves and what happens on failure.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""Stage 5 — drain: replay ``failed_events`` into ClickHouse, or quarantine what never fits.
+
+Enters: due rows of ``failed_events`` (``next_attempt_at <= now``, not quarantined),
+oldest due first, at most ``INGEST_DLQ_DRAIN_BATCH_LIMIT`` per pass, locked with
+``FOR UPDATE SKIP LOCKED`` inside the pass's transaction: several Sluice instances
+sharing one Postgres never replay the same row at once (the row lock is the lease).
+Leaves: the row's events in ``events_raw_v1`` with their original ``event_id`` and
+``received_at``, inserted with the row id as the deduplication token (a replay after a
+lost acknowledgement is a no-op); then the row is deleted, the usage hook runs for its
+events, and fatal clears.
+
+On failure:
+
+* transient (refused, reset, timeout, 5xx, too many parts, unknown error): bump
+  ``attempt_count``, keep ``last_error``, and schedule ``next_attempt_at`` with
+  exponential backoff and jitter capped at :data:`BACKOFF_CAP`. Transient errors retry
+  forever — a day-long ClickHouse outage must not burn a retry budget — and when
+  ClickHouse comes back (a flush succeeds again) or Sluice restarts, every row is made
+  due at once instead of waiting out its backoff.
+* permanent (ClickHouse rejects the rows themselves): bisect. Halves are inserted with
+  tokens derived from the row id and their position, so a repeated bisection of the
+  same row is deduplicated too; the good events land, and only events that fail on
+  their own stay in the row, which is quarantined with the reason.
+
+The depth gauge (active rows, their events) is refreshed after every pass. While the
+in-memory buffer is more than half full the drain stands aside: fresh ingest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import asyncpg
+import structlog
+
+from ingest.buffer import Buffer
+from ingest.deadletter import DeadLetter, decode_batch
+from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
+from ingest.metrics import Metrics
+from ingest.state import State
+from ingest.validate import EVENT_ID
+from storage.clickhouse import ClickHouse, ClickHouseError
+
+log = structlog.get_logger("sluice.drain")
+
+BACKOFF_BASE = 1.0  # seconds before the 2nd attempt; doubles per attempt
+BACKOFF_CAP = 120.0  # "a few minutes" at most between attempts of one row
+IDLE_INTERVAL = 1.0  # how often an idle drain looks for due rows
+PAUSE_AFTER_OUTAGE_CAP = 30.0  # drain-level pause after a transient failure
+
+
+def backoff(attempts: int) -> float:
+    """Seconds until the next attempt after ``attempts`` failures (with ±20% jitter)."""
+    base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    return base * random.uniform(0.8, 1.2)
+
+
+class _Transient(Exception):
+    def __init__(self, error: ClickHouseError, landed: list[tuple]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.landed = landed
+
+
+class Drain:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        deadletter: DeadLetter,
+        clickhouse: ClickHouse,
+        state: State,
+        metrics: Metrics,
+        buffer: Buffer,
+        *,
+        batch_limit: int,
+        usage_hook: UsageHook = no_usage,
+    ) -> None:
+        self.pool = pool
+        self.deadletter = deadletter
+        self.clickhouse = clickhouse
+        self.state = state
+        self.metrics = metrics
+        self.buffer = buffer
+        self.batch_limit = batch_limit
+        self.usage_hook = usage_hook
+        self._wake = asyncio.Event()
+        self._make_due = True  # at start, every active row is due
+        self._stopping = False
+        self._failures = 0
+        self._row_token = ""
+
+    def kick(self) -> None:
+        """ClickHouse is back: make every row due and run a pass now."""
+        self._make_due = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            pause = IDLE_INTERVAL
+            try:
+                if self.buffer.pending * 2 > self.buffer.capacity:
+                    pause = 0.05  # fresh ingest first
+                else:
+                    if self._make_due:
+                        self._make_due = False
+                        await self.deadletter.make_all_due()
+                    handled, transient = await self.pass_once()
+                    if transient:
+                        self._failures += 1
+                        pause = min(PAUSE_AFTER_OUTAGE_CAP, backoff(self._failures))
+                    elif handled:
+                        self._failures = 0
+                        pause = 0
+                await self.refresh_depth()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("drain_postgres_error", error=str(exc)[:300])
+                pause = 2.0
+            except Exception:
+                log.exception("drain_error")
+                pause = 2.0
+            if pause and not self._stopping:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), pause)
+                except TimeoutError:
+                    pass
+
+    async def refresh_depth(self) -> None:
+        self.state.dlq_rows, self.state.dlq_events = await self.deadletter.depth()
+        self.state.postgres_ok()
+
+    async def pass_once(self) -> tuple[int, bool]:
+        """One pass. Returns (rows handled, whether a transient error stopped it)."""
+        started = time.perf_counter()
+        replayed = quarantined = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await self.deadletter.claim_due(conn, self.batch_limit)
+            for record in rows:
+                outcome = await self._replay(conn, record)
+                if outcome is None:
+                    if replayed or quarantined:
+                        self._log_pass(started, len(rows), replayed, quarantined)
+                    return len(rows), True
+                replayed += outcome[0]
+                quarantined += outcome[1]
+        if rows:
+            self._log_pass(started, len(rows), replayed, quarantined)
+        return len(rows), False
+
+    def _log_pass(self, started: float, rows: int, replayed: int, quarantined: int) -> None:
+        log.info(
+            "drain_pass",
+            rows=rows,
+            events_replayed=replayed,
+            events_quarantined=quarantined,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _replay(
+        self, conn: asyncpg.Connection, record: asyncpg.Record
+    ) -> tuple[int, int] | None:
+        """Replay one row. Returns (landed, quarantined) events, or None on a transient
+        error (the row is rescheduled)."""
+        row_id: uuid.UUID = record["id"]
+        rows = decode_batch(record["batch"])
+        try:
+            self._row_token = str(row_id)
+            landed, bad = await self._insert_or_bisect(rows, self._row_token)
+        except _Transient as exc:
+            remaining = rows
+            if exc.landed:
+                landed_ids = {id(r) for r in exc.landed}
+                remaining = [r for r in rows if id(r) not in landed_ids]
+                await self.deadletter.replace_rows(conn, row_id, remaining, str(exc.error))
+                self._landed(exc.landed)
+            await self.deadletter.record_failure(
+                conn, row_id, str(exc.error), backoff(record["attempt_count"] + 1)
+            )
+            log.warning(
+                "drain_retry_later",
+                row_id=str(row_id),
+                events=len(remaining),
+                attempts=record["attempt_count"] + 1,
+                error=str(exc.error)[:300],
+            )
+            return None
+        if bad:
+            bad_rows = [r for r, _ in bad]
+            reason = bad[0][1]
+            await self.deadletter.quarantine(conn, row_id, bad_rows, reason)
+            self.metrics.events_quarantined.inc(len(bad_rows))
+            log.error(
+                "drain_quarantined",
+                row_id=str(row_id),
+                events=len(bad_rows),
+                landed=len(landed),
+                reason=reason[:300],
+            )
+        else:
+            await self.deadletter.delete(conn, row_id)
+        self._landed(landed)
+        return len(landed), len(bad)
+
+    def _landed(self, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        self.state.clickhouse_ok()
+        if self.state.fatal:
+            self.state.clear_fatal()
+        self.metrics.events_replayed.inc(len(rows))
+        report_usage(self.usage_hook, rows)
+
+    def _part_token(self, part: list[tuple]) -> str:
+        """Token of a bisection slice: the row id, the slice's first event id and length.
+
+        The same row bisected again yields the same slices and tokens, so a slice that
+        landed before a crash is not inserted twice. After a row is rewritten (landed
+        events removed) no new slice can start with an event that already landed, so a
+        new slice never reuses the token of a landed one."""
+        return f"{self._row_token}/{part[0][EVENT_ID]}/{len(part)}"
+
+    async def _insert_or_bisect(
+        self, rows: list[tuple], token: str
+    ) -> tuple[list[tuple], list[tuple[tuple, str]]]:
+        """Insert ``rows``; on a permanent error split them until the offenders are
+        alone. Returns (landed rows, [(bad row, reason)]). Raises _Transient."""
+        try:
+            await insert_rows(self.clickhouse, rows, token)
+            return rows, []
+        except ClickHouseError as err:
+            if err.transient:
+                raise _Transient(err, []) from err
+            if len(rows) == 1:
+                return [], [(rows[0], str(err))]
+        mid = len(rows) // 2
+        landed: list[tuple] = []
+        bad: list[tuple[tuple, str]] = []
+        for part in (rows[:mid], rows[mid:]):
+            try:
+                ok, failed = await self._insert_or_bisect(part, self._part_token(part))
+            except _Transient as exc:
+                raise _Transient(exc.error, landed + exc.landed) from exc
+            landed += ok
+            bad += failed
+        return landed, bad
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()

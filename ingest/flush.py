@@ -1,0 +1,250 @@
+"""Stage 3 — flush: buffer → ClickHouse, one INSERT per batch.
+
+Enters: rows taken from the :class:`~ingest.buffer.Buffer`, as soon as
+``INGEST_FLUSH_EVENTS`` are queued or every ``INGEST_FLUSH_INTERVAL``.
+Leaves: one column-oriented INSERT into ``events_raw_v1`` per batch of at most
+``INGEST_FLUSH_EVENTS`` rows, tagged with a fresh batch id (UUIDv7) as its insert
+deduplication token; then the usage hook, once per landed event.
+
+On failure:
+
+1. ClickHouse refuses or is unreachable → the batch, under the *same* batch id, becomes
+   one ``failed_events`` row (:mod:`ingest.deadletter`); the drain replays it later.
+2. That write fails too → the fatal flag goes up (ingest answers 503 "ingest down") and
+   the batch stays in memory, still counted as pending, and is retried (ClickHouse
+   first, then the dead-letter table) every interval. The first success clears fatal.
+
+The insert runs off the event loop (a worker thread for the embedded engine, the async
+client for a server), so requests are accepted while a flush is in progress. Flushes run
+one at a time; a batch is released from the buffer's count only once it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from ingest.buffer import Buffer
+from ingest.deadletter import DeadLetter
+from ingest.ids import uuid7
+from ingest.metrics import Metrics
+from ingest.state import State
+from ingest.validate import COLUMN_TYPES, COLUMNS, PROJECT_ID
+from storage.clickhouse import ClickHouse, ClickHouseError, classify
+
+log = structlog.get_logger("sluice.flush")
+
+TABLE = "events_raw_v1"
+PARK_RETRY_TRANSIENT = 1.0  # first replay of a parked batch: soon, with backoff after that
+
+UsageHook = Callable[[str, int], None]
+
+
+def no_usage(project_id: str, count: int) -> None:
+    """The default usage hook: does nothing."""
+
+
+@dataclass
+class _Held:
+    """A batch neither store took: kept in memory until one does."""
+
+    batch_id: str
+    rows: list[tuple]
+    error: str
+
+
+async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
+    """One column-oriented INSERT of ``rows`` with ``token`` as its dedup token."""
+    columns = list(zip(*rows, strict=True))
+    await ch.insert_columns(TABLE, columns, COLUMNS, COLUMN_TYPES, token)
+
+
+def report_usage(hook: UsageHook, rows: list[tuple]) -> None:
+    """Call ``hook(project_id, count)`` for the events of ``rows`` that just landed."""
+    for project_id, count in Counter(row[PROJECT_ID] for row in rows).items():
+        try:
+            hook(project_id, count)
+        except Exception as exc:  # a broken hook must never lose or duplicate events
+            log.error("usage_hook_failed", project_id=project_id, error=str(exc)[:200])
+
+
+class Flusher:
+    def __init__(
+        self,
+        buffer: Buffer,
+        clickhouse: ClickHouse,
+        deadletter: DeadLetter,
+        state: State,
+        metrics: Metrics,
+        *,
+        flush_events: int,
+        flush_interval: float,
+        usage_hook: UsageHook = no_usage,
+        on_recovery: Callable[[], None] | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.clickhouse = clickhouse
+        self.deadletter = deadletter
+        self.state = state
+        self.metrics = metrics
+        self.flush_events = flush_events
+        self.flush_interval = flush_interval
+        self.usage_hook = usage_hook
+        self.on_recovery = on_recovery
+        self._held: list[_Held] = []
+        self._lock = asyncio.Lock()  # one flush at a time
+        self._stopping = False
+        self._clickhouse_failing = False
+
+    @property
+    def held_events(self) -> int:
+        return sum(len(h.rows) for h in self._held)
+
+    async def run(self) -> None:
+        """The background loop: size-or-interval batching until :meth:`stop`."""
+        while not self._stopping:
+            full = await self.buffer.wait_ready(self.flush_interval)
+            if self._stopping:
+                break
+            try:
+                await self.flush_pending(reason="size" if full else "interval", full_only=full)
+            except Exception:  # never let the loop die; the batch is already held
+                log.exception("flush_loop_error")
+
+    async def flush_pending(self, *, reason: str, full_only: bool = False) -> None:
+        """Retry held batches, then flush queued rows in batches of ``flush_events``."""
+        async with self._lock:
+            await self._retry_held()
+            while self.buffer.queued and not (full_only and self.buffer.queued < self.flush_events):
+                if self._held:  # both stores are failing: do not pile up more attempts
+                    break
+                rows = self.buffer.take(self.flush_events)
+                await self._flush(uuid7(), rows, reason)
+
+    async def _retry_held(self) -> None:
+        held, self._held = self._held, []
+        for item in held:
+            await self._flush(item.batch_id, item.rows, "retry")
+
+    async def _flush(
+        self, batch_id: str, rows: list[tuple], reason: str, timeout: float | None = None
+    ) -> bool:
+        """Make one batch durable. Returns True when it is (in either store)."""
+        started = time.perf_counter()
+        try:
+            if timeout is None:
+                await insert_rows(self.clickhouse, rows, batch_id)
+            else:
+                await asyncio.wait_for(insert_rows(self.clickhouse, rows, batch_id), timeout)
+        except (ClickHouseError, TimeoutError, OSError) as exc:
+            err = classify(exc) if not isinstance(exc, TimeoutError) else None
+            error = str(err) if err else f"ClickHouse insert timed out after {timeout:.1f}s"
+            self._clickhouse_failing = True
+            return await self._park(batch_id, rows, error, reason, started, err)
+        duration = time.perf_counter() - started
+        self.buffer.release(len(rows))
+        self.state.clickhouse_ok()
+        if self.state.fatal:
+            self.state.clear_fatal()
+        if self._clickhouse_failing:
+            self._clickhouse_failing = False
+            if self.on_recovery:
+                self.on_recovery()
+        self.metrics.events_flushed.inc(len(rows))
+        self.metrics.flush_seconds.labels("stored").observe(duration)
+        log.info(
+            "flush",
+            batch_id=batch_id,
+            events=len(rows),
+            duration_ms=round(duration * 1000, 2),
+            reason=reason,
+            outcome="stored",
+        )
+        report_usage(self.usage_hook, rows)
+        return True
+
+    async def _park(
+        self,
+        batch_id: str,
+        rows: list[tuple],
+        error: str,
+        reason: str,
+        started: float,
+        err: ClickHouseError | None,
+    ) -> bool:
+        retry_in = PARK_RETRY_TRANSIENT if err is None or err.transient else 0.0
+        try:
+            await self.deadletter.park(batch_id, rows, error, retry_in=retry_in)
+        except Exception as exc:
+            duration = time.perf_counter() - started
+            self._held.append(_Held(batch_id, rows, error))
+            reason_text = f"ClickHouse: {error[:200]}; dead-letter table: {str(exc)[:200]}"
+            self.state.set_fatal(reason_text)
+            self.metrics.flush_seconds.labels("held").observe(duration)
+            log.error(
+                "flush",
+                batch_id=batch_id,
+                events=len(rows),
+                duration_ms=round(duration * 1000, 2),
+                reason=reason,
+                outcome="held_in_memory",
+                error=reason_text,
+            )
+            return False
+        duration = time.perf_counter() - started
+        self.buffer.release(len(rows))
+        self.state.postgres_ok()
+        if self.state.fatal:
+            self.state.clear_fatal()
+        self.state.dlq_rows += 1
+        self.state.dlq_events += len(rows)
+        self.metrics.events_parked.inc(len(rows))
+        self.metrics.flush_seconds.labels("parked").observe(duration)
+        log.warning(
+            "flush",
+            batch_id=batch_id,
+            events=len(rows),
+            duration_ms=round(duration * 1000, 2),
+            reason=reason,
+            outcome="parked",
+            error=error[:500],
+        )
+        return True
+
+    async def stop(self, grace: float) -> int:
+        """Shutdown: flush everything within ``grace`` seconds, park whatever is left.
+
+        Returns the number of events that could be stored nowhere (0 unless both
+        stores are down); the caller reports them and exits non-zero.
+        """
+        self._stopping = True
+        self.buffer.wake()
+        deadline = time.monotonic() + grace
+        async with self._lock:
+            pending = [(h.batch_id, h.rows) for h in self._held]
+            self._held = []
+            while self.buffer.queued:
+                pending.append((uuid7(), self.buffer.take(self.flush_events)))
+            lost = 0
+            for batch_id, rows in pending:
+                remaining = deadline - time.monotonic()
+                if remaining > 0.05:
+                    stored = await self._flush(batch_id, rows, "shutdown", timeout=remaining)
+                else:
+                    stored = await self._park(
+                        batch_id,
+                        rows,
+                        "shutdown grace expired before ClickHouse took the batch",
+                        "shutdown",
+                        time.perf_counter(),
+                        None,
+                    )
+                if not stored:
+                    lost += len(rows)
+            self._held = []
+            return lost

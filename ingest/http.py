@@ -1,0 +1,249 @@
+"""The HTTP surface: ``POST /api/v1/ingest/events``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+Enters: requests. Leaves: the response table in the README. The ingest handler does, in
+order: kill switch / shutdown (503 disabled) → fatal (503 down) → read the body, capped
+at ``INGEST_MAX_BODY_BYTES`` after gzip decompression (413) → parse the envelope (400)
+→ resolve the token (401; 500 if Postgres fails with nothing cached) → validate
+(:mod:`ingest.validate`) → admit into the buffer (503 full) → 202/200.
+
+One middleware adds CORS headers and writes one log line per request (``/healthz``,
+``/readyz`` and ``/metrics`` are not logged: probes would drown the log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
+from aiohttp.web_protocol import RequestPayloadError
+
+from ingest import __version__
+from ingest.validate import MAX_EVENTS_PER_REQUEST, Invalid, parse_timestamp
+
+log = structlog.get_logger("sluice.http")
+
+INGEST_PATH = "/api/v1/ingest/events"
+CORS_PATHS = frozenset((INGEST_PATH, "/healthz"))
+QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
+ENVELOPE_KEYS = frozenset(("token", "events", "sent_at"))
+READY_STALE_SECONDS = 30.0  # /readyz: a store must have answered this recently
+
+SERVICE: web.AppKey[Any] = web.AppKey("service", object)
+_JSON = "application/json"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(status, {"error": message}, headers)
+
+
+_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="sluice"'}
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+async def ingest(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    state = svc.state
+    info = request["log"]
+    if state.disabled or state.shutting_down:
+        return _error(503, "ingest disabled", {"Retry-After": "300"})
+    if state.fatal:
+        return _error(503, "ingest down", {"Retry-After": "5"})
+
+    # Any content type is read as JSON: sendBeacon sends text/plain, and a client that
+    # forgot the header should get a 2xx or a precise 400, not a 415.
+    try:
+        body = await request.read()
+    except HTTPRequestEntityTooLarge:
+        return _error(413, "request body too large")
+    except RequestPayloadError as exc:
+        return _error(400, f"could not decode the request body ({exc.args[0] if exc.args else exc})"
+                      .replace("\n", " "))  # fmt: skip
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"body is not valid JSON: {exc}")
+    if type(payload) is not dict:
+        return _error(400, 'body must be a JSON object: {"token": ..., "events": [...]}')
+    unknown = payload.keys() - ENVELOPE_KEYS
+    if unknown:
+        return _error(
+            400,
+            f"unknown envelope key(s): {', '.join(sorted(unknown))}; "
+            "allowed: token, events, sent_at (event fields go inside each event)",
+        )
+    events = payload.get("events")
+    if type(events) is not list:
+        return _error(400, "events must be a list" if "events" in payload else "events required")
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        return _error(
+            400,
+            f"too many events: {len(events)} > {MAX_EVENTS_PER_REQUEST} per request; "
+            "split the batch",
+        )
+
+    token = payload.get("token")
+    if token is None:
+        token = _bearer(request)
+    if type(token) is not str:
+        return _error(401, "unauthorized", _UNAUTHORIZED_HEADERS)
+    try:
+        project_id = await svc.resolver.resolve(token)
+    except Exception as exc:
+        log.error("token_lookup_failed", error=str(exc)[:300])
+        return _error(500, "internal server error")
+    if project_id is None:
+        return _error(401, "unauthorized", _UNAUTHORIZED_HEADERS)
+    info["project"] = project_id
+
+    received_at = time.time_ns() // 1_000_000
+    sent_at = payload.get("sent_at")
+    if sent_at is not None:
+        try:
+            sent_at = parse_timestamp(sent_at)
+        except Invalid:
+            return _error(400, "sent_at invalid: send an ISO 8601 string or epoch milliseconds")
+
+    rows, errors, client_id_rows = svc.validate(events, project_id, received_at, sent_at)
+    if rows and not svc.buffer.admit(rows, client_id_rows):
+        return _error(503, "ingest buffer full", {"Retry-After": "1"})
+
+    metrics = svc.metrics
+    if rows:
+        metrics.events_accepted.inc(len(rows))
+    if errors:
+        for reason, count in Counter(e["reason"] for e in errors).items():
+            metrics.events_rejected.labels(reason).inc(count)
+    info["accepted"] = len(rows)
+    info["rejected"] = len(errors)
+    return _json(
+        202 if rows else 200, {"accepted": len(rows), "rejected": len(errors), "errors": errors}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Pipeline health from in-memory state only (no store query per probe)."""
+    svc = request.app[SERVICE]
+    state = svc.state
+    down = state.fatal or state.dlq_rows > svc.config.dlq_depth_503_threshold
+    body = {
+        "status": "down" if down else "ok",
+        "version": __version__,
+        "ingest_disabled": state.disabled or state.shutting_down,
+        "fatal": state.fatal,
+        "dlq_depth": state.dlq_rows,
+        "dlq_events": state.dlq_events,
+        "buffer": {"pending": svc.buffer.pending, "capacity": svc.buffer.capacity},
+    }
+    if state.fatal_reason:
+        body["fatal_reason"] = state.fatal_reason
+    return _json(503 if down else 200, body)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Should a load balancer send traffic here? No from the moment shutdown begins."""
+    svc = request.app[SERVICE]
+    state = svc.state
+    now = time.monotonic()
+    problems = []
+    if state.shutting_down:
+        problems.append("shutting down")
+    if state.disabled:
+        problems.append("ingest disabled")
+    if state.fatal:
+        problems.append("fatal: ClickHouse and the dead-letter table failed")
+    if now - state.postgres_ok_at > READY_STALE_SECONDS:
+        problems.append("Postgres has not answered recently")
+    if problems:
+        return _json(503, {"status": "not ready", "reasons": problems})
+    return _json(200, {"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from ingest.metrics import CONTENT_TYPE
+
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+def _cors_headers(origin: str | None, allowed: tuple[str, ...]) -> dict[str, str] | None:
+    if not allowed:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin and origin.rstrip("/") in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return None
+
+
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
+    """CORS and the per-request log line."""
+    started = time.perf_counter()
+    info: dict[str, Any] = {}
+    request["log"] = info
+    path = request.path
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404, 405 from the router
+        response = _error(exc.status, exc.reason)
+    if path in CORS_PATHS:
+        svc = request.app[SERVICE]
+        cors = _cors_headers(request.headers.get("Origin"), svc.config.allowed_origins)
+        if cors:
+            response.headers.update(cors)
+            if request.method == "OPTIONS":
+                response.headers.update(_PREFLIGHT)
+        elif svc.config.allowed_origins:
+            response.headers["Vary"] = "Origin"
+    duration = time.perf_counter() - started
+    svc = request.app[SERVICE]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "other"
+    svc.metrics.requests.labels(route, str(response.status)).inc()
+    svc.metrics.request_seconds.labels(route).observe(duration)
+    if path not in QUIET_PATHS:
+        log.info(
+            "request",
+            method=request.method,
+            path=path,
+            status=response.status,
+            duration_ms=round(duration * 1000, 3),
+            **info,
+        )
+    return response
+
+
+def build_app(service: Any) -> web.Application:
+    app = web.Application(middlewares=[edge], client_max_size=service.config.max_body_bytes)
+    app[SERVICE] = service
+    app.router.add_post(INGEST_PATH, ingest)
+    app.router.add_route("OPTIONS", INGEST_PATH, preflight)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_route("OPTIONS", "/healthz", preflight)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/metrics", metrics)
+    return app
