@@ -15,6 +15,7 @@ import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -28,8 +29,15 @@ class CliError(Exception):
     """A failure to report as one line with exit code 1."""
 
 
+def _default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID | Decimal) or type(value).__name__ == "UUID":
+        return str(value)  # asyncpg's UUID type is not uuid.UUID
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def out_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    text = orjson.dumps(value, default=_default, option=orjson.OPT_INDENT_2).decode()
+    sys.stdout.write(text + "\n")
 
 
 def out_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:

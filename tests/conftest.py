@@ -1,0 +1,65 @@
+"""Fixtures: one real Postgres cluster per session (a fresh database per test), real
+server processes, real embedded ClickHouse directories."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import Postgres, Server
+
+from auth import projects
+from storage.migrations import postgres_up
+from storage.postgres import create_pool
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    instance = Postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def database_url(pg: Postgres) -> str:
+    return pg.dsn(pg.create_database())
+
+
+def make_project(dsn: str, name: str = "test") -> tuple[uuid.UUID, str]:
+    """Migrate ``dsn`` and create a project; return (project_id, token)."""
+
+    async def run() -> tuple[uuid.UUID, str]:
+        pool = await create_pool(dsn, retry_for=5)
+        try:
+            await postgres_up(pool)
+            return await projects.create_project(pool, name)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def project(database_url: str) -> tuple[uuid.UUID, str]:
+    return make_project(database_url)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Server]]:
+    """``start_server(**env)`` → a ready ``sluice serve`` on this test's database.
+
+    Flushes every 100 ms unless the test says otherwise, so tests don't wait."""
+    started: list[Server] = []
+
+    def start(wait: bool = True, data_dir: Path | None = None, **env: str) -> Server:
+        full = {"DATABASE_URL": database_url, "INGEST_FLUSH_INTERVAL": "100ms", **env}
+        server = Server(data_dir or tmp_path / "data", full)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.kill()
