@@ -168,7 +168,7 @@ class Server:
         }
         self.log_path = data_dir / f"server-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [*SLUICE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
