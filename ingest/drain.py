@@ -48,8 +48,8 @@ log = structlog.get_logger("sluice.drain")
 
 BACKOFF_BASE = 1.0  # seconds before the 2nd attempt; doubles per attempt
 BACKOFF_CAP = 120.0  # "a few minutes" at most between attempts of one row
-IDLE_INTERVAL = 1.0  # how often an idle drain looks for due rows
-PAUSE_AFTER_OUTAGE_CAP = 30.0  # drain-level pause after a transient failure
+IDLE_INTERVAL = 1.0  # how often an idle drain looks for due rows. A pass stops at the
+# first transient failure, so a dead ClickHouse sees at most one replay attempt a second.
 
 
 def backoff(attempts: int) -> float:
@@ -89,7 +89,6 @@ class Drain:
         self._wake = asyncio.Event()
         self._make_due = True  # at start, every active row is due
         self._stopping = False
-        self._failures = 0
         self._row_token = ""
 
     def kick(self) -> None:
@@ -108,12 +107,8 @@ class Drain:
                         self._make_due = False
                         await self.deadletter.make_all_due()
                     handled, transient = await self.pass_once()
-                    if transient:
-                        self._failures += 1
-                        pause = min(PAUSE_AFTER_OUTAGE_CAP, backoff(self._failures))
-                    elif handled:
-                        self._failures = 0
-                        pause = 0
+                    if handled and not transient:
+                        pause = 0  # more may be due: go again at once
                 await self.refresh_depth()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("drain_postgres_error", error=str(exc)[:300])
