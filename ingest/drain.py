@@ -89,7 +89,6 @@ class Drain:
         self._wake = asyncio.Event()
         self._make_due = True  # at start, every active row is due
         self._stopping = False
-        self._row_token = ""
 
     def kick(self) -> None:
         """ClickHouse is back: make every row due and run a pass now."""
@@ -162,8 +161,7 @@ class Drain:
         row_id: uuid.UUID = record["id"]
         rows = decode_batch(record["batch"])
         try:
-            self._row_token = str(row_id)
-            landed, bad = await self._insert_or_bisect(rows, self._row_token)
+            landed, bad = await self._insert_or_bisect(rows, str(row_id), str(row_id))
         except _Transient as exc:
             remaining = rows
             if exc.landed:
@@ -208,17 +206,18 @@ class Drain:
         self.metrics.events_replayed.inc(len(rows))
         report_usage(self.usage_hook, rows)
 
-    def _part_token(self, part: list[tuple]) -> str:
+    @staticmethod
+    def _part_token(row_token: str, part: list[tuple]) -> str:
         """Token of a bisection slice: the row id, the slice's first event id and length.
 
         The same row bisected again yields the same slices and tokens, so a slice that
         landed before a crash is not inserted twice. After a row is rewritten (landed
         events removed) no new slice can start with an event that already landed, so a
         new slice never reuses the token of a landed one."""
-        return f"{self._row_token}/{part[0][EVENT_ID]}/{len(part)}"
+        return f"{row_token}/{part[0][EVENT_ID]}/{len(part)}"
 
     async def _insert_or_bisect(
-        self, rows: list[tuple], token: str
+        self, rows: list[tuple], token: str, row_token: str
     ) -> tuple[list[tuple], list[tuple[tuple, str]]]:
         """Insert ``rows``; on a permanent error split them until the offenders are
         alone. Returns (landed rows, [(bad row, reason)]). Raises _Transient."""
@@ -235,7 +234,8 @@ class Drain:
         bad: list[tuple[tuple, str]] = []
         for part in (rows[:mid], rows[mid:]):
             try:
-                ok, failed = await self._insert_or_bisect(part, self._part_token(part))
+                token = self._part_token(row_token, part)
+                ok, failed = await self._insert_or_bisect(part, token, row_token)
             except _Transient as exc:
                 raise _Transient(exc.error, landed + exc.landed) from exc
             landed += ok

@@ -1,0 +1,174 @@
+"""The flusher and the drain, in process, on a real embedded ClickHouse and a real Postgres.
+
+These drive single passes deterministically; the chaos suite does the same through
+real server processes and real faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from support import free_port
+
+from ingest.buffer import Buffer
+from ingest.deadletter import DeadLetter, decode_batch
+from ingest.drain import BACKOFF_CAP, Drain, backoff
+from ingest.flush import Flusher
+from ingest.metrics import Metrics
+from ingest.state import State
+from ingest.validate import validate_batch
+from storage.clickhouse import ClickHouse, HttpClickHouse, open_clickhouse
+from storage.migrations import clickhouse_up, postgres_up
+from storage.postgres import create_pool
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, retry_for=5)
+    await postgres_up(pool)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
+    store = await open_clickhouse(f"chdb://{tmp_path / 'ch'}")
+    await clickhouse_up(store)
+    yield store
+    await store.close()
+
+
+def make_rows(n: int, project: str | None = None, name: str = "e") -> list[tuple]:
+    project = project or str(uuid.uuid4())
+    now = int(time.time() * 1000)
+    rows, errors, _ = validate_batch(
+        [{"event": name, "timestamp": now - i} for i in range(n)], project, now
+    )
+    assert not errors
+    return rows
+
+
+def drain_for(pool, ch, usage=None, limit: int = 10) -> tuple[Drain, State, Metrics]:
+    state, metrics = State(), Metrics()
+    kwargs = {"usage_hook": usage} if usage else {}
+    drain = Drain(pool, DeadLetter(pool), ch, state, metrics, Buffer(1000, 100),
+                  batch_limit=limit, **kwargs)  # fmt: skip
+    return drain, state, metrics
+
+
+async def count(ch: ClickHouse, where: str = "1") -> int:
+    return int((await ch.query_rows(f"SELECT count() FROM events_raw_v1 WHERE {where}"))[0][0])
+
+
+async def test_flusher_stores_a_batch_and_reports_usage_once_per_event(pool, ch) -> None:
+    usage: Counter[str] = Counter()
+    buffer, state, metrics = Buffer(1000, 100), State(), Metrics()
+    flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_events=100,
+                      flush_interval=1, usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    assert buffer.admit(make_rows(150, a)) and buffer.admit(make_rows(30, b))
+    await flusher.flush_pending(reason="test")
+    assert buffer.pending == 0
+    assert await count(ch) == 180
+    assert usage == {a: 150, b: 30}
+
+
+async def test_drain_replays_a_parked_batch_once_keeps_received_at_and_reports_usage(
+    pool, ch
+) -> None:
+    usage: Counter[str] = Counter()
+    rows = make_rows(40)
+    batch_id = str(uuid.uuid4())
+    await DeadLetter(pool).park(batch_id, rows, "ClickHouse unavailable: test")
+    drain, state, _ = drain_for(pool, ch, lambda p, n: usage.update({p: n}))
+    state.set_fatal("test")
+    assert await drain.pass_once() == (1, False)
+    assert await pool.fetchval("SELECT count(*) FROM failed_events") == 0
+    stored = await ch.query_rows(
+        "SELECT toString(event_id), toUnixTimestamp64Milli(received_at) FROM events_raw_v1"
+    )
+    assert sorted(stored) == sorted((r[0], r[7]) for r in rows)
+    assert usage == {rows[0][1]: 40}
+    assert state.fatal is False  # a successful replay clears fatal
+    # The same batch parked again (a lost acknowledgement) replays as a no-op.
+    await DeadLetter(pool).park(batch_id, rows, "again")
+    await drain.pass_once()
+    assert await count(ch) == 40
+
+
+async def test_transient_failure_backs_off_and_never_quarantines(pool) -> None:
+    dead = HttpClickHouse(f"http://127.0.0.1:{free_port()}/default?connect_timeout=1")
+    try:
+        await DeadLetter(pool).park(str(uuid.uuid4()), make_rows(5), "first")
+        drain, _, _ = drain_for(pool, dead)
+        for attempt in range(2, 7):
+            await pool.execute("UPDATE failed_events SET next_attempt_at = now()")
+            assert await drain.pass_once() == (1, True)
+            row = await pool.fetchrow("SELECT * FROM failed_events")
+            assert row["attempt_count"] == attempt
+            assert row["quarantined_at"] is None
+            assert "ClickHouse unavailable" in row["last_error"]
+            assert row["next_attempt_at"] > datetime.now(UTC)
+    finally:
+        await dead.close()
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert 0.8 <= backoff(1) <= 1.2
+    assert 6.4 <= backoff(4) <= 9.6
+    assert all(backoff(n) <= BACKOFF_CAP * 1.2 for n in range(1, 200))
+    assert backoff(60) >= BACKOFF_CAP * 0.8
+
+
+async def test_a_poison_event_is_bisected_out_and_quarantined_alone(pool, ch) -> None:
+    await ch.command("ALTER TABLE events_raw_v1 ADD CONSTRAINT no_poison CHECK event != 'poison'")
+    project = str(uuid.uuid4())
+    rows = make_rows(99, project)
+    poison = make_rows(1, project, name="poison")
+    batch = rows[:37] + poison + rows[37:]
+    row_id = uuid.uuid4()
+    await DeadLetter(pool).park(str(row_id), batch, "ClickHouse error 469 VIOLATED_CONSTRAINT")
+    drain, _, _ = drain_for(pool, ch)
+    assert await drain.pass_once() == (1, False)
+    assert await count(ch) == 99
+    assert await count(ch, "event = 'poison'") == 0
+    left = await pool.fetchrow("SELECT * FROM failed_events")
+    assert left["id"] == row_id and left["quarantined_at"] is not None
+    assert left["event_count"] == 1
+    assert decode_batch(left["batch"]) == poison
+    assert "VIOLATED_CONSTRAINT" in left["last_error"]
+    # Quarantined rows are not replayed again.
+    assert await drain.pass_once() == (0, False)
+    await drain.refresh_depth()
+    assert (drain.state.dlq_rows, drain.state.dlq_events) == (0, 0)
+
+
+async def test_two_drains_sharing_postgres_replay_each_row_once(pool, ch, database_url) -> None:
+    dlq = DeadLetter(pool)
+    parked = [make_rows(20) for _ in range(30)]
+    for rows in parked:
+        await dlq.park(str(uuid.uuid4()), rows, "x")
+    other_pool = await create_pool(database_url, retry_for=5)
+    try:
+        first, _, m1 = drain_for(pool, ch, limit=3)
+        second, _, m2 = drain_for(other_pool, ch, limit=3)
+
+        async def drain_all(d: Drain) -> None:
+            while (await d.pass_once())[0]:
+                pass
+
+        await asyncio.gather(drain_all(first), drain_all(second))
+    finally:
+        await other_pool.close()
+    replayed = [m.events_replayed._value.get() for m in (m1, m2)]
+    assert sum(replayed) == 600  # no row was replayed by both
+    assert await count(ch) == 600
+    assert await pool.fetchval("SELECT count(*) FROM failed_events") == 0
