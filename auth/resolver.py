@@ -1,7 +1,7 @@
 """The hot-path token cache in front of :func:`auth.projects.lookup`.
 
-Enters: a plaintext token from a request. Leaves: the project id (canonical UUID string)
-or ``None`` for "not usable" (→ 401).
+Enters: a plaintext token from a request. Leaves: the project id (the UUID as an int,
+the pipeline's row form) or ``None`` for "not usable" (→ 401).
 
 * A resolved token is cached for ``ttl`` (``INGEST_TOKEN_CACHE_TTL``): revoking a token
   or deleting its project takes effect within that time.
@@ -38,7 +38,7 @@ MAX_ENTRIES = 100_000  # bound on distinct cached tokens (a flood of random toke
 @dataclass
 class _Entry:
     resolved: Resolved | None
-    project_id: str | None
+    project_id: int | None
     fetched_at: float
     touched_at: float
 
@@ -69,7 +69,7 @@ class TokenResolver:
         self.misses = 0
         self.stale_served = 0
 
-    async def resolve(self, token: str) -> str | None:
+    async def resolve(self, token: str) -> int | None:
         """Project id for ``token``, or ``None``. Raises when Postgres fails and no
         cached answer exists."""
         if not tokens.looks_valid(token):
@@ -104,7 +104,7 @@ class TokenResolver:
             resolved = await self._lookup(token)
             now = self._clock()
             touched = old.touched_at if old and old.resolved == resolved else -float("inf")
-            entry = _Entry(resolved, str(resolved.project_id) if resolved else None, now, touched)
+            entry = _Entry(resolved, resolved.project_id.int if resolved else None, now, touched)
             if len(self._entries) >= MAX_ENTRIES and token not in self._entries:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[token] = entry

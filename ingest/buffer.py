@@ -24,17 +24,20 @@ from ingest.validate import EVENT_ID, PROJECT_ID
 RECENT_CLIENT_IDS = 100_000  # ~15 MB: enough for retries within minutes at high rates
 
 
+Key = tuple[int, int]
+
+
 class RecentIds:
-    """Insertion-ordered, bounded set of ``project_id/event_id`` keys."""
+    """Insertion-ordered, bounded set of ``(project_id, event_id)`` keys."""
 
     def __init__(self, capacity: int = RECENT_CLIENT_IDS) -> None:
         self.capacity = capacity
-        self._keys: dict[str, None] = {}
+        self._keys: dict[Key, None] = {}
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: Key) -> bool:
         return key in self._keys
 
-    def add(self, key: str) -> None:
+    def add(self, key: Key) -> None:
         self._keys[key] = None
         if len(self._keys) > self.capacity:
             del self._keys[next(iter(self._keys))]
@@ -66,14 +69,14 @@ class Buffer:
         Rows whose client-supplied id was already admitted are acknowledged but not
         queued again (a retry of the same event).
         """
-        keys: list[str] = []
+        keys: list[Key] = []
         if client_id_rows:
             fresh: list[tuple] = []
             dup_positions = set()
-            seen: set[str] = set()
+            seen: set[Key] = set()
             for i in client_id_rows:
                 row = rows[i]
-                key = f"{row[PROJECT_ID]}/{row[EVENT_ID]}"
+                key = (row[PROJECT_ID], row[EVENT_ID])
                 if key in self._recent or key in seen:
                     dup_positions.add(i)
                 else:

@@ -80,12 +80,19 @@ def parse_age(text: str) -> float:
 # --- commands -------------------------------------------------------------------------
 
 
-async def _with_pool(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
+async def _with_pool(
+    config: Config, fn: Callable[[Any], Awaitable[int]], *, migrate: bool = True
+) -> int:
     from ingest.app import connect_postgres
+    from storage.migrations import postgres_up
     from storage.postgres import close_pool
 
     try:
         pool = await connect_postgres(config)
+        # The CLI may run before any `serve` (fresh install): bring the schema up first.
+        # Idempotent and advisory-locked, so it is safe beside a running server.
+        if migrate:
+            await postgres_up(pool)
     except Exception as exc:
         raise CliError(f"Postgres: {exc}") from exc
     try:
@@ -140,7 +147,7 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
             report["postgres"] = _status_report(status, args.action == "dry-run", "postgres")
         return 0
 
-    await _with_pool(config, on_pg)
+    await _with_pool(config, on_pg, migrate=False)
     try:
         ch = await open_clickhouse(config.clickhouse_url)
         try:

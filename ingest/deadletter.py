@@ -30,27 +30,38 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ingest.ids import uuid_str
 from ingest.validate import COLUMNS
 
 FORMAT = "sluice.events.v1"
 
 
 def encode_batch(rows: list[tuple]) -> bytes:
-    return orjson.dumps({"format": FORMAT, "columns": COLUMNS, "rows": rows})
+    """Pipeline rows (ids as ints) → the stored payload (ids as text)."""
+    text = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in rows]
+    return orjson.dumps({"format": FORMAT, "columns": COLUMNS, "rows": text})
 
 
-def decode_batch(raw: bytes | str) -> list[tuple]:
-    """Payload → rows in the current :data:`COLUMNS` order."""
+def payload_rows(raw: bytes | str) -> list[list]:
+    """Payload → its rows as stored (text), in the current :data:`COLUMNS` order."""
     doc = orjson.loads(raw)
     if doc.get("format") != FORMAT:
         raise ValueError(f"unknown dead-letter payload format {doc.get('format')!r}")
     columns = doc["columns"]
     rows = doc["rows"]
     if tuple(columns) == COLUMNS:
-        return [tuple(r) for r in rows]
+        return rows
     where = {name: i for i, name in enumerate(columns)}
     picks = [where.get(name) for name in COLUMNS]
-    return [tuple(r[i] if i is not None else None for i in picks) for r in rows]
+    return [[r[i] if i is not None else None for i in picks] for r in rows]
+
+
+def decode_batch(raw: bytes | str) -> list[tuple]:
+    """Payload → pipeline rows (the inverse of :func:`encode_batch`)."""
+    return [
+        (int(r[0].replace("-", ""), 16), int(r[1].replace("-", ""), 16), *r[2:])
+        for r in payload_rows(raw)
+    ]
 
 
 class DeadLetter:
@@ -205,7 +216,7 @@ class DeadLetter:
         if row is None:
             return None
         out = dict(row)
-        out["events"] = [dict(zip(COLUMNS, r, strict=True)) for r in decode_batch(out["batch"])]
+        out["events"] = [dict(zip(COLUMNS, r, strict=True)) for r in payload_rows(out["batch"])]
         del out["batch"]
         return out
 

@@ -214,7 +214,7 @@ class Drain:
         landed before a crash is not inserted twice. After a row is rewritten (landed
         events removed) no new slice can start with an event that already landed, so a
         new slice never reuses the token of a landed one."""
-        return f"{row_token}/{part[0][EVENT_ID]}/{len(part)}"
+        return f"{row_token}/{part[0][EVENT_ID]:032x}/{len(part)}"
 
     async def _insert_or_bisect(
         self, rows: list[tuple], token: str, row_token: str

@@ -15,8 +15,11 @@ On failure:
    first, then the dead-letter table) every interval. The first success clears fatal.
 
 The insert runs off the event loop (a worker thread for the embedded engine, the async
-client for a server), so requests are accepted while a flush is in progress. Flushes run
-one at a time; a batch is released from the buffer's count only once it is durable.
+client for a server), so requests are accepted while a flush is in progress. Up to
+:data:`MAX_IN_FLIGHT` batches are handed over at once: under load the loop can take tens
+of milliseconds to get back to the flusher, and the next batch must already be queued
+for the engine by then (the embedded engine runs them one after another; a server takes
+them in parallel). A batch is released from the buffer's count only once it is durable.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import structlog
 
 from ingest.buffer import Buffer
 from ingest.deadletter import DeadLetter
-from ingest.ids import uuid7
+from ingest.ids import uuid7, uuid_str
 from ingest.metrics import Metrics
 from ingest.state import State
 from ingest.validate import COLUMN_TYPES, COLUMNS, PROJECT_ID
@@ -41,6 +44,7 @@ log = structlog.get_logger("sluice.flush")
 
 TABLE = "events_raw_v1"
 PARK_RETRY_TRANSIENT = 1.0  # first replay of a parked batch: soon, with backoff after that
+MAX_IN_FLIGHT = 4  # batches handed to ClickHouse at once (measured: 1 left the engine idle)
 
 UsageHook = Callable[[str, int], None]
 
@@ -66,7 +70,8 @@ async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
 
 def report_usage(hook: UsageHook, rows: list[tuple]) -> None:
     """Call ``hook(project_id, count)`` for the events of ``rows`` that just landed."""
-    for project_id, count in Counter(row[PROJECT_ID] for row in rows).items():
+    for project, count in Counter(row[PROJECT_ID] for row in rows).items():
+        project_id = uuid_str(project)
         try:
             hook(project_id, count)
         except Exception as exc:  # a broken hook must never lose or duplicate events
@@ -97,7 +102,8 @@ class Flusher:
         self.usage_hook = usage_hook
         self.on_recovery = on_recovery
         self._held: list[_Held] = []
-        self._lock = asyncio.Lock()  # one flush at a time
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight: set[asyncio.Task[bool]] = set()
         self._stopping = False
         self._clickhouse_failing = False
 
@@ -112,24 +118,38 @@ class Flusher:
             if self._stopping:
                 break
             try:
-                await self.flush_pending(reason="size" if full else "interval", full_only=full)
-            except Exception:  # never let the loop die; the batch is already held
+                await self._dispatch(reason="size" if full else "interval", full_only=full)
+            except Exception:  # never let the loop die; a failed batch is already held
                 log.exception("flush_loop_error")
 
-    async def flush_pending(self, *, reason: str, full_only: bool = False) -> None:
-        """Retry held batches, then flush queued rows in batches of ``flush_events``."""
-        async with self._lock:
-            await self._retry_held()
-            while self.buffer.queued and not (full_only and self.buffer.queued < self.flush_events):
-                if self._held:  # both stores are failing: do not pile up more attempts
-                    break
-                rows = self.buffer.take(self.flush_events)
-                await self._flush(uuid7(), rows, reason)
+    async def flush_pending(self, *, reason: str) -> None:
+        """Flush everything queued now and wait until it is durable (tests, tools)."""
+        await self._dispatch(reason=reason, full_only=False)
+        await asyncio.gather(*self._in_flight)
 
-    async def _retry_held(self) -> None:
-        held, self._held = self._held, []
-        for item in held:
-            await self._flush(item.batch_id, item.rows, "retry")
+    async def _dispatch(self, *, reason: str, full_only: bool) -> None:
+        """Retry held batches, then hand queued rows over in batches of ``flush_events``."""
+        if self._held:
+            held, self._held = self._held, []
+            for item in held:
+                await self._flush(item.batch_id, item.rows, "retry")
+            if self._held:  # both stores still failing: do not pile up more attempts
+                return
+        while self.buffer.queued and not (full_only and self.buffer.queued < self.flush_events):
+            await self._slots.acquire()
+            rows = self.buffer.take(self.flush_events)
+            if not rows:  # taken by stop() meanwhile
+                self._slots.release()
+                break
+            task = asyncio.create_task(self._flush(uuid7(), rows, reason))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[bool]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("flush_task_failed", error=repr(task.exception()))
 
     async def _flush(
         self, batch_id: str, rows: list[tuple], reason: str, timeout: float | None = None
@@ -225,26 +245,27 @@ class Flusher:
         self._stopping = True
         self.buffer.wake()
         deadline = time.monotonic() + grace
-        async with self._lock:
-            pending = [(h.batch_id, h.rows) for h in self._held]
-            self._held = []
-            while self.buffer.queued:
-                pending.append((uuid7(), self.buffer.take(self.flush_events)))
-            lost = 0
-            for batch_id, rows in pending:
-                remaining = deadline - time.monotonic()
-                if remaining > 0.05:
-                    stored = await self._flush(batch_id, rows, "shutdown", timeout=remaining)
-                else:
-                    stored = await self._park(
-                        batch_id,
-                        rows,
-                        "shutdown grace expired before ClickHouse took the batch",
-                        "shutdown",
-                        time.perf_counter(),
-                        None,
-                    )
-                if not stored:
-                    lost += len(rows)
-            self._held = []
-            return lost
+        if self._in_flight:  # batches already handed over finish (or fail and park)
+            await asyncio.wait(set(self._in_flight), timeout=grace)
+        pending = [(h.batch_id, h.rows) for h in self._held]
+        self._held = []
+        while self.buffer.queued:
+            pending.append((uuid7(), self.buffer.take(self.flush_events)))
+        lost = 0
+        for batch_id, rows in pending:
+            remaining = deadline - time.monotonic()
+            if remaining > 0.05:
+                stored = await self._flush(batch_id, rows, "shutdown", timeout=remaining)
+            else:
+                stored = await self._park(
+                    batch_id,
+                    rows,
+                    "shutdown grace expired before ClickHouse took the batch",
+                    "shutdown",
+                    time.perf_counter(),
+                    None,
+                )
+            if not stored:
+                lost += len(rows)
+        self._held = []  # counted in `lost` above
+        return lost

@@ -23,6 +23,7 @@ from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from aiohttp.web_protocol import RequestPayloadError
 
 from ingest import __version__
+from ingest.ids import uuid_str
 from ingest.validate import MAX_EVENTS_PER_REQUEST, Invalid, parse_timestamp
 
 log = structlog.get_logger("sluice.http")
@@ -63,6 +64,10 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(503, "ingest disabled", {"Retry-After": "300"})
     if state.fatal:
         return _error(503, "ingest down", {"Retry-After": "5"})
+
+    buffer = svc.buffer
+    if buffer.pending >= buffer.capacity:  # nothing can fit: answer before reading the body
+        return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
     # Any content type is read as JSON: sendBeacon sends text/plain, and a client that
     # forgot the header should get a 2xx or a precise 400, not a 415.
@@ -108,7 +113,7 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(500, "internal server error")
     if project_id is None:
         return _error(401, "unauthorized", _UNAUTHORIZED_HEADERS)
-    info["project"] = project_id
+    info["project"] = uuid_str(project_id)
 
     received_at = time.time_ns() // 1_000_000
     sent_at = payload.get("sent_at")
@@ -118,8 +123,13 @@ async def ingest(request: web.Request) -> web.Response:
         except Invalid:
             return _error(400, "sent_at invalid: send an ISO 8601 string or epoch milliseconds")
 
+    # Admission is judged on the events sent, before validating them: under overload a
+    # request that cannot fit costs a parse, not a validation. (At most the batch's
+    # invalid events' worth of room is left unused.)
+    if buffer.pending + len(events) > buffer.capacity:
+        return _error(503, "ingest buffer full", {"Retry-After": "1"})
     rows, errors, client_id_rows = svc.validate(events, project_id, received_at, sent_at)
-    if rows and not svc.buffer.admit(rows, client_id_rows):
+    if rows and not buffer.admit(rows, client_id_rows):
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
     metrics = svc.metrics

@@ -21,7 +21,7 @@ from storage.migrations import clickhouse_up
 
 
 def rows_for(n: int) -> list[tuple]:
-    project = str(uuid.uuid4())
+    project = uuid.uuid4().int
     now = int(time.time() * 1000)
     events = [{"event": "e", "timestamp": now - i} for i in range(n)]
     rows, errors, _ = validate_batch(events, project, now)

@@ -22,6 +22,7 @@ from ingest.buffer import Buffer
 from ingest.deadletter import DeadLetter, decode_batch
 from ingest.drain import BACKOFF_CAP, Drain, backoff
 from ingest.flush import Flusher
+from ingest.ids import uuid_str
 from ingest.metrics import Metrics
 from ingest.state import State
 from ingest.validate import validate_batch
@@ -46,8 +47,8 @@ async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
     await store.close()
 
 
-def make_rows(n: int, project: str | None = None, name: str = "e") -> list[tuple]:
-    project = project or str(uuid.uuid4())
+def make_rows(n: int, project: int | None = None, name: str = "e") -> list[tuple]:
+    project = project or uuid.uuid4().int
     now = int(time.time() * 1000)
     rows, errors, _ = validate_batch(
         [{"event": name, "timestamp": now - i} for i in range(n)], project, now
@@ -73,12 +74,12 @@ async def test_flusher_stores_a_batch_and_reports_usage_once_per_event(pool, ch)
     buffer, state, metrics = Buffer(1000, 100), State(), Metrics()
     flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_events=100,
                       flush_interval=1, usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
-    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    a, b = uuid.uuid4().int, uuid.uuid4().int
     assert buffer.admit(make_rows(150, a)) and buffer.admit(make_rows(30, b))
     await flusher.flush_pending(reason="test")
     assert buffer.pending == 0
     assert await count(ch) == 180
-    assert usage == {a: 150, b: 30}
+    assert usage == {uuid_str(a): 150, uuid_str(b): 30}
 
 
 async def test_drain_replays_a_parked_batch_once_keeps_received_at_and_reports_usage(
@@ -95,8 +96,8 @@ async def test_drain_replays_a_parked_batch_once_keeps_received_at_and_reports_u
     stored = await ch.query_rows(
         "SELECT toString(event_id), toUnixTimestamp64Milli(received_at) FROM events_raw_v1"
     )
-    assert sorted(stored) == sorted((r[0], r[7]) for r in rows)
-    assert usage == {rows[0][1]: 40}
+    assert sorted(stored) == sorted((uuid_str(r[0]), r[7]) for r in rows)
+    assert usage == {uuid_str(rows[0][1]): 40}
     assert state.fatal is False  # a successful replay clears fatal
     # The same batch parked again (a lost acknowledgement) replays as a no-op.
     await DeadLetter(pool).park(batch_id, rows, "again")
@@ -130,7 +131,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 async def test_a_poison_event_is_bisected_out_and_quarantined_alone(pool, ch) -> None:
     await ch.command("ALTER TABLE events_raw_v1 ADD CONSTRAINT no_poison CHECK event != 'poison'")
-    project = str(uuid.uuid4())
+    project = uuid.uuid4().int
     rows = make_rows(99, project)
     poison = make_rows(1, project, name="poison")
     batch = rows[:37] + poison + rows[37:]

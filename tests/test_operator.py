@@ -33,7 +33,7 @@ def park(dsn: str, batches: list[int], quarantine: int = 0) -> list[str]:
                 now = int(time.time() * 1000)
                 rows, _, _ = validate_batch(
                     [{"event": f"e{i}", "timestamp": now} for _ in range(size)],
-                    str(uuid.uuid4()), now,
+                    uuid.uuid4().int, now,
                 )  # fmt: skip
                 row_id = str(uuid.uuid4())
                 await DeadLetter(pool).park(row_id, rows, f"error {i}", retry_in=3600)

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.validate import COLUMNS, MAX_EVENT_BYTES, parse_timestamp, validate_batch
 
-PROJECT = str(uuid.uuid4())
+PROJECT = uuid.uuid4().int
 NOW = 1_795_000_000_000  # 2026-11-18T...
 
 
@@ -87,8 +87,8 @@ def test_client_ids_are_kept_and_others_minted_as_uuid7() -> None:
          {"event": "b", "timestamp": NOW}],
         PROJECT, NOW,
     )  # fmt: skip
-    assert rows[0][0] == given and client_rows == [0]
-    minted = uuid.UUID(rows[1][0])
+    assert uuid.UUID(int=rows[0][0]) == uuid.UUID(given) and client_rows == [0]
+    minted = uuid.UUID(int=rows[1][0])
     assert minted.version == 7
     assert int(minted.hex[:12], 16) == NOW  # time-ordered: the accept time in ms
 

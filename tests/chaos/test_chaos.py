@@ -306,13 +306,14 @@ def test_7_two_servers_on_one_postgres_drain_one_backlog_exactly_once(
     start_server, database_url, pg, tmp_path
 ) -> None:
     from ingest.deadletter import DeadLetter
+    from ingest.ids import uuid_str
     from ingest.validate import validate_batch
     from storage.migrations import postgres_up
     from storage.postgres import create_pool
 
     db = db_of(database_url)
     now = int(time.time() * 1000)
-    project = str(uuid.uuid4())
+    project = uuid.uuid4().int
 
     async def backlog() -> list[str]:
         pool = await create_pool(database_url, retry_for=5)
@@ -324,7 +325,7 @@ def test_7_two_servers_on_one_postgres_drain_one_backlog_exactly_once(
                     [{"event": "b", "timestamp": now} for _ in range(100)], project, now
                 )
                 await DeadLetter(pool).park(str(uuid.uuid4()), rows, "outage")
-                ids += [r[0] for r in rows]
+                ids += [uuid_str(r[0]) for r in rows]
         finally:
             await pool.close()
         return ids

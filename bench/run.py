@@ -1,0 +1,482 @@
+"""`make bench`: Sluice against a bare-aiohttp baseline, measured in the same run.
+
+Starts real `sluice serve` processes on the embedded stores with production settings
+(defaults, JSON logs at info), drives them with wrk (a separate process, the same load
+generator for the baseline), and writes bench/results/latest.json plus a table.
+
+Phases:
+  baseline   bare aiohttp echo of the same body, wrk -t2 -c64          → baseline_rps
+  accept     Sluice at saturation, 100-event batches, ≥ 20 s           → accept_rps,
+             then SIGTERM; rows in ClickHouse ÷ wall time              → landed_events_per_s
+  latency    open loop at half of accept_rps                           → p50_ms, p99_ms
+  shapes     1-event, 5,000-event, gzip and 10%-invalid bodies (one row each)
+  memory     RSS idle, and with the default 50,000-event buffer full
+  drain      a 1,000,000-event dead-letter backlog replayed            → drain_events_per_s
+Every phase ends with the server stopped and ClickHouse counted: `loss` is events
+answered 202 and missing from ClickHouse; `errors` is responses other than 2xx/503
+plus transport errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+WORK = BENCH / ".data"  # generated: bodies, data dirs, logs (git-ignored)
+RESULTS = BENCH / "results"
+PY = sys.executable
+SLUICE = [PY, str(ROOT / "cmd" / "sluice.py")]
+ENDPOINT = "/api/v1/ingest/events"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))  # the sustained phase (≥ 20 s)
+SHAPE_SECONDS = float(os.environ.get("BENCH_SHAPE_SECONDS", "5"))
+BACKLOG_EVENTS = int(os.environ.get("BENCH_BACKLOG_EVENTS", "1000000"))
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+# --- bodies ----------------------------------------------------------------------------
+
+PATHS = ["/", "/pricing", "/docs/getting-started", "/blog/launch-week", "/signup"]
+
+
+def make_event(i: int, valid: bool = True) -> dict:
+    event = {
+        "event": random.choice(["page_view", "button_click", "signup", "search"]),
+        "timestamp": "2026-11-22T10:00:00.123Z",
+        "anonymousId": f"anon-{uuid.uuid4().hex[:16]}",
+        "userId": f"user-{i % 997}",
+        "sessionId": f"sess-{i % 97:04d}",
+        "properties": {
+            "path": random.choice(PATHS),
+            "referrer": "https://www.example.com/search?q=event+ingest",
+            "title": "Sluice — event ingest",
+            "utm_source": "newsletter",
+            "screen_width": 1440,
+            "screen_height": 900,
+            "plan": "pro",
+        },
+        "context": {"library": {"name": "sluice-js", "version": "1.4.2"}, "locale": "en-GB"},
+    }
+    if not valid:
+        del event["timestamp"]
+    return event
+
+
+def write_body(path: Path, n: int, invalid_every: int = 0) -> int:
+    events = [make_event(i, valid=not (invalid_every and i % invalid_every == 0)) for i in range(n)]
+    path.write_bytes(json.dumps({"events": events}).encode())
+    return sum(1 for e in events if "timestamp" in e)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+class Sluice:
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        full = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port),
+                "LOG_FORMAT": "json", "LOG_LEVEL": "info", **env}  # fmt: skip
+        self.log = open(WORK / f"sluice-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([*SLUICE, "serve"], env=full, stdout=self.log,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+        wait_http(self.url + "/healthz")
+
+    def accepted(self) -> int:
+        """Events the server answered 2xx for (its own counter, read before stopping).
+
+        wrk stops counting at the end of its run while requests are still in flight, so
+        its 202 count is a lower bound; the server's count is exact. Loss is judged
+        against the server's count, and the client's count must not exceed it."""
+        with urllib.request.urlopen(self.url + "/metrics") as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("sluice_events_accepted_total "):
+                    return int(float(line.split()[1]))
+        return 0
+
+    def stop(self) -> float:
+        """SIGTERM; return when the process has exited (its buffer flushed)."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(120)
+        self.log.close()
+        if code != 0:
+            raise RuntimeError(f"sluice exited {code}; see {self.log.name}")
+        return time.monotonic()
+
+
+def wrk(url: str, body: Path, seconds: float, *, connections: int = 64, token: str = "",
+        gz: bool = False) -> dict:  # fmt: skip
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s",
+           "-s", str(BENCH / "post.lua"), url + ENDPOINT, "--", str(body),
+           "gzip" if gz else "plain", token]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    result = json.loads(line[len("WRKJSON ") :])
+    secs = result["duration_us"] / 1e6
+    result["rps"] = result["requests"] / secs
+    result["rps_202"] = result["s202"] / secs
+    result["errors"] = (result["other"] + result["connect_errors"] + result["read_errors"]
+                        + result["write_errors"] + result["timeouts"])  # fmt: skip
+    return result
+
+
+def clickhouse_count(data_dir: Path) -> int:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir / 'clickhouse'}")
+    try:
+        return int(client.command("SELECT count() FROM events_raw_v1"))
+    finally:
+        client.close()
+
+
+def create_token(data_dir: Path) -> str:
+    env = {**os.environ, "DATA_DIR": str(data_dir), "LOG_LEVEL": "warning"}
+    out = subprocess.run([*SLUICE, "projects", "create", "bench", "--json"], env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return json.loads(out)["token"]
+
+
+# --- phases -------------------------------------------------------------------------------
+
+
+def phase_baseline(body: Path) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([PY, str(BENCH / "baseline.py"), str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        wrk(f"http://127.0.0.1:{port}", body, 2)  # warm-up
+        return wrk(f"http://127.0.0.1:{port}", body, 10)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def phase_accept(data_dir: Path, token: str, body: Path, valid: int) -> dict:
+    before = clickhouse_count(data_dir) if (data_dir / "clickhouse").exists() else 0
+    server = Sluice(data_dir)
+    started = time.monotonic()
+    result = wrk(server.url, body, SECONDS, token=token)
+    idle = rss_mb(server.proc.pid)
+    accepted = server.accepted()
+    assert result["s202"] * valid <= accepted
+    ended = server.stop()
+    landed = clickhouse_count(data_dir) - before
+    return {
+        "wrk": result,
+        "accepted_events": accepted,
+        "landed_events": landed,
+        "landed_events_per_s": landed / (ended - started),
+        "loss": accepted - landed,
+        "rss_mb_after_load": idle,
+    }
+
+
+def phase_latency(data_dir: Path, token: str, body: Path, valid: int, rate: float) -> dict:
+    before = clickhouse_count(data_dir)
+    server = Sluice(data_dir)
+    out = subprocess.run([PY, str(BENCH / "openloop.py"), server.url + ENDPOINT, str(body),
+                          token, f"{rate:.1f}", "10"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    accepted = server.accepted()
+    server.stop()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["statuses"].get("202", 0) * valid == accepted
+    result["errors"] = sum(v for k, v in result["statuses"].items() if k not in ("202", "503"))
+    result["loss"] = accepted - (clickhouse_count(data_dir) - before)
+    return result
+
+
+def phase_shapes(data_dir: Path, token: str, shapes: list[tuple]) -> list[dict]:
+    rows = []
+    for name, body, valid, connections, gz in shapes:
+        before = clickhouse_count(data_dir)
+        server = Sluice(data_dir)
+        result = wrk(server.url, body, SHAPE_SECONDS, connections=connections, token=token,
+                     gz=gz)  # fmt: skip
+        accepted = server.accepted()
+        assert result["s202"] * valid <= accepted
+        server.stop()
+        rows.append({
+            "shape": name, "rps": result["rps"], "rps_202": result["rps_202"],
+            "events_per_s": result["rps_202"] * valid, "s503": result["s503"],
+            "errors": result["errors"],
+            "loss": accepted - (clickhouse_count(data_dir) - before),
+        })  # fmt: skip
+        log(f"shape {name}: {rows[-1]}")
+    return rows
+
+
+def phase_memory(data_dir: Path, token: str, body: Path, valid: int) -> dict:
+    """RSS idle, then with the default 50,000-event buffer (nearly) full: flushing is
+    held off (interval 1 h, size = the buffer) while it fills."""
+    before = clickhouse_count(data_dir)
+    server = Sluice(data_dir, INGEST_FLUSH_INTERVAL="1h", INGEST_FLUSH_EVENTS="50000")
+    payload = body.read_bytes()
+    # Warm the process (first requests allocate caches) before the idle reading.
+    time.sleep(1.0)
+    idle = rss_mb(server.proc.pid)
+    accepted = 0
+    while accepted + valid < 50_000:
+        req = urllib.request.Request(server.url + ENDPOINT, data=payload, method="POST",
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req) as resp:
+            assert resp.status == 202
+        accepted += valid
+    with urllib.request.urlopen(server.url + "/healthz") as resp:
+        pending = json.loads(resp.read())["buffer"]["pending"]
+    full = rss_mb(server.proc.pid)
+    server.stop()
+    return {
+        "rss_mb_idle": idle,
+        "rss_mb_full_buffer": full,
+        "buffered_events": pending,
+        "bytes_per_buffered_event": (full - idle) * 1024 * 1024 / max(pending, 1),
+        "loss": accepted - (clickhouse_count(data_dir) - before),
+    }
+
+
+def phase_drain(data_dir: Path) -> dict:
+    """Park BACKLOG_EVENTS events (5,000 per row) straight into failed_events, then let
+    a fresh server replay them; time from its first answer to an empty table."""
+    from ingest.deadletter import DeadLetter
+    from ingest.validate import validate_batch
+    from storage.postgres import EmbeddedPostgres, create_pool
+
+    dsn = EmbeddedPostgres(data_dir / "postgres").start()
+    before = clickhouse_count(data_dir)
+    per_row = 5000
+    now = int(time.time() * 1000)
+    events = [make_event(i) for i in range(per_row)]
+    for e in events:
+        e["timestamp"] = now
+
+    async def park() -> None:
+        pool = await create_pool(dsn)
+        try:
+            dlq = DeadLetter(pool)
+            for _ in range(BACKLOG_EVENTS // per_row):
+                rows, _, _ = validate_batch(events, uuid.uuid4().int, now)
+                await dlq.park(str(uuid.uuid4()), rows, "bench backlog")
+        finally:
+            await pool.close()
+
+    async def depth() -> int:
+        pool = await create_pool(dsn)
+        try:
+            return int(await pool.fetchval("SELECT count(*) FROM failed_events"))
+        finally:
+            await pool.close()
+
+    t = time.monotonic()
+    asyncio.run(park())
+    log(f"parked {BACKLOG_EVENTS} events in {time.monotonic() - t:.1f}s")
+    server = Sluice(data_dir)
+    started = time.monotonic()
+    while asyncio.run(depth()) > 0:
+        time.sleep(0.2)
+    drained = time.monotonic()
+    server.stop()
+    landed = clickhouse_count(data_dir) - before
+    return {
+        "backlog_events": BACKLOG_EVENTS,
+        "seconds": drained - started,
+        "drain_events_per_s": BACKLOG_EVENTS / (drained - started),
+        "landed_events": landed,
+        "loss": BACKLOG_EVENTS - landed,
+    }
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": version("aiohttp"),
+        "clickhouse_connect": version("clickhouse-connect"),
+        "chdb": version("chdb"),
+        "orjson": version("orjson"),
+        "pydantic": version("pydantic"),
+        "git_revision": rev + ("-dirty" if dirty else ""),
+        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(
+            "\n"
+        )[0],
+    }
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed; `apt-get install wrk` (make bench does this "
+              "when run as root)", file=sys.stderr)  # fmt: skip
+        return 2
+    random.seed(7)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    RESULTS.mkdir(exist_ok=True)
+    bodies = WORK / "bodies"
+    bodies.mkdir()
+    b100 = bodies / "b100.json"
+    v100 = write_body(b100, 100)
+    b1, b5000 = bodies / "b1.json", bodies / "b5000.json"
+    v1, v5000 = write_body(b1, 1), write_body(b5000, 5000)
+    bgz = bodies / "b100.json.gz"
+    bgz.write_bytes(gzip.compress(b100.read_bytes()))
+    bmix = bodies / "b100mixed.json"
+    vmix = write_body(bmix, 100, invalid_every=10)
+    log(f"100-event body: {b100.stat().st_size} bytes ({b100.stat().st_size / 100:.0f} B/event)")
+
+    info = machine()
+    log(f"machine: {info}")
+    data = WORK / "sluice"
+    token = create_token(data)
+
+    log("baseline: bare aiohttp, same body, same load generator")
+    base = phase_baseline(b100)
+    log(f"baseline: {base['rps']:.0f} req/s")
+
+    log(f"accept: Sluice at saturation for {SECONDS:.0f}s")
+    acc = phase_accept(data, token, b100, v100)
+    log(f"accept: {acc['wrk']['rps_202']:.0f} req/s of 202, landed "
+        f"{acc['landed_events_per_s']:.0f} events/s, 503s {acc['wrk']['s503']}")  # fmt: skip
+
+    half = acc["wrk"]["rps_202"] / 2
+    log(f"latency: open loop at {half:.0f} req/s")
+    lat = phase_latency(data, token, b100, v100, half)
+    log(f"latency: {lat}")
+
+    log("load shapes")
+    shapes = phase_shapes(data, token, [
+        ("tiny: 1 event/request", b1, v1, 64, False),
+        ("huge: 5,000 events/request", b5000, v5000, 8, False),
+        ("gzip: 100 events/request", bgz, v100, 64, True),
+        ("mixed: 10% invalid", bmix, vmix, 64, False),
+    ])  # fmt: skip
+
+    log("memory: idle and full buffer")
+    mem = phase_memory(data, token, b100, v100)
+    log(f"memory: {mem}")
+
+    log(f"drain: {BACKLOG_EVENTS} parked events")
+    drain = phase_drain(data)
+    log(f"drain: {drain}")
+
+    errors = (base["errors"] + acc["wrk"]["errors"] + lat["errors"]
+              + sum(s["errors"] for s in shapes))  # fmt: skip
+    loss = acc["loss"] + lat["loss"] + sum(s["loss"] for s in shapes) + mem["loss"] + drain["loss"]
+    result = {
+        "baseline_rps": base["rps"],
+        "accept_rps": acc["wrk"]["rps_202"],
+        "accept_events_per_s": acc["wrk"]["rps_202"] * v100,
+        "accept_ratio": acc["wrk"]["rps_202"] / base["rps"],
+        "accept_503": acc["wrk"]["s503"],
+        "landed_events_per_s": acc["landed_events_per_s"],
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "latency_target_rps": lat["target_rps"],
+        "latency_achieved_rps": lat["achieved_rps"],
+        "drain_events_per_s": drain["drain_events_per_s"],
+        "rss_mb_idle": mem["rss_mb_idle"],
+        "rss_mb_full_buffer": mem["rss_mb_full_buffer"],
+        "bytes_per_buffered_event": mem["bytes_per_buffered_event"],
+        "errors": errors,
+        "loss": loss,
+        "load_generator_headroom": base["rps"] / max(acc["wrk"]["rps"], 1),
+        "shapes": shapes,
+        "machine": info,
+        "details": {
+            "baseline": base,
+            "accept": acc,
+            "latency": lat,
+            "memory": mem,
+            "drain": drain,
+        },
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("baseline_rps (bare aiohttp)", f"{r['baseline_rps']:,.0f}", ""),
+        ("accept_rps (202s, 100 ev)", f"{r['accept_rps']:,.0f}", "ratio ≥ 0.15"),
+        ("accept_events_per_s", f"{r['accept_events_per_s']:,.0f}", ""),
+        ("accept_ratio", f"{r['accept_ratio']:.3f}", "≥ 0.15 (stretch 0.25)"),
+        ("landed_events_per_s", f"{r['landed_events_per_s']:,.0f}", "≥ 100,000"),
+        ("p50_ms @ half load", f"{r['p50_ms']:.2f}", ""),
+        ("p99_ms @ half load", f"{r['p99_ms']:.2f}", "≤ 10"),
+        ("drain_events_per_s", f"{r['drain_events_per_s']:,.0f}", "≥ 100,000"),
+        ("rss_mb_idle", f"{r['rss_mb_idle']:.0f}", ""),
+        ("rss_mb_full_buffer", f"{r['rss_mb_full_buffer']:.0f}", ""),
+        ("bytes per buffered event", f"{r['bytes_per_buffered_event']:.0f}", "≤ 1024"),
+        ("errors", str(r["errors"]), "= 0"),
+        ("loss", str(r["loss"]), "= 0"),
+        ("load generator headroom", f"{r['load_generator_headroom']:.1f}x", "> 1"),
+    ]
+    print("\n| figure | value | target |\n|---|---|---|")
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+    print("\n| load shape | req/s | events/s accepted | 503s | errors | loss |")
+    print("|---|---|---|---|---|---|")
+    for s in r["shapes"]:
+        print(f"| {s['shape']} | {s['rps']:,.0f} | {s['events_per_s']:,.0f} | {s['s503']} | "
+              f"{s['errors']} | {s['loss']} |")  # fmt: skip
+    print(f"\nmachine: {r['machine']}\nwritten: bench/results/latest.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
