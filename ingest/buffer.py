@@ -54,6 +54,7 @@ class Buffer:
         self.flush_events = flush_events
         self.pending = 0  # events admitted and not yet durable anywhere
         self.duplicates_dropped = 0
+        self.typical_request = 0.0  # moving average of events per admitted request
         self._rows: list[tuple] = []
         self._ready = asyncio.Event()
         self._recent = RecentIds()
@@ -62,6 +63,11 @@ class Buffer:
     def queued(self) -> int:
         """Events waiting for the flusher (a subset of :attr:`pending`)."""
         return len(self._rows)
+
+    def likely_full(self) -> bool:
+        """True when a typical request would not fit. Checked before a request body is
+        read, so that under overload a refusal costs microseconds, not a parse."""
+        return self.pending + self.typical_request > self.capacity
 
     def admit(self, rows: list[tuple], client_id_rows: Sequence[int] = ()) -> bool:
         """Take all of ``rows`` or none. ``False`` means the buffer is full.
@@ -91,6 +97,7 @@ class Buffer:
         self.duplicates_dropped += len(client_id_rows) - len(keys)
         for key in keys:
             self._recent.add(key)
+        self.typical_request += (n - self.typical_request) * 0.05
         if n:
             self._rows.extend(rows)
             self.pending += n

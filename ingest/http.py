@@ -66,7 +66,7 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(503, "ingest down", {"Retry-After": "5"})
 
     buffer = svc.buffer
-    if buffer.pending >= buffer.capacity:  # nothing can fit: answer before reading the body
+    if buffer.likely_full():  # answer before reading the body: overload must be cheap
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
     # Any content type is read as JSON: sendBeacon sends text/plain, and a client that

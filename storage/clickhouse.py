@@ -1,10 +1,11 @@
 """ClickHouse behind one small interface, with two real transports.
 
 * ``chdb:///path`` — the embedded engine (chdb) through clickhouse-connect's *sync*
-  client. That client cannot be awaited, so every call runs on one dedicated worker
-  thread: the event loop never blocks, and calls are serialised (the chdb client takes
-  one lock per call anyway). One process can hold one chdb directory; another process
-  opening the same directory fails with a "held by another process" error.
+  client, run in a child process that owns the directory (:mod:`storage.chdb_worker`):
+  the event loop never blocks, and the client's Python-side work does not compete with
+  request handling for the GIL. Calls are served one at a time, in order. One process
+  can hold one chdb directory; opening one held elsewhere fails with a "held by
+  another process" error.
 * ``http(s)://user:pass@host:port/db`` — a ClickHouse server through clickhouse-connect's
   async client. The client is created lazily and recreated after a failure, so Sluice
   boots and accepts while the server is unreachable.
@@ -18,9 +19,13 @@ transient; the server rejecting the rows themselves is permanent).
 from __future__ import annotations
 
 import asyncio
+import os
+import pickle
 import re
+import struct
+import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -48,6 +53,8 @@ PERMANENT_CODES = frozenset(
     }
 )
 _CODE = re.compile(r"Code:\s*(\d+)")
+_HEADER = struct.Struct("<Q")  # frame length, as in storage.chdb_worker
+_ROOT = str(Path(__file__).resolve().parent.parent)
 _ERROR_NAME = re.compile(r"\(([A-Z_]{4,})\)")
 # clickhouse-connect's own defaults are 10 s to connect and 300 s per request: far too
 # long to notice a dead server. Either can be overridden in the URL's query string.
@@ -113,49 +120,112 @@ class ClickHouse:
 
 
 class EmbeddedClickHouse(ClickHouse):
-    """chdb through the sync client, every call on one worker thread."""
+    """chdb in a child process (:mod:`storage.chdb_worker`) that owns the directory.
+
+    Calls are pickled over a pipe and served in order by the child's sync client. If the
+    child dies, calls in flight fail as transient (their batches park) and the next call
+    starts a new child.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.description = f"chdb://{path}"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
-        self._client: Any = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 1
+        self._start_lock = asyncio.Lock()
+        self._closed = False
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._client = await loop.run_in_executor(self._executor, self._open_sync)
-        except Exception as exc:
-            text = str(exc)
-            if "Cannot lock file" in text or "Another server instance" in text:
+        await self._ensure_started()
+
+    async def _ensure_started(self) -> asyncio.subprocess.Process:
+        async with self._start_lock:
+            if self._proc is not None and self._proc.returncode is None and self._reader:
+                if not self._reader.done():
+                    return self._proc
+            if self._closed:
+                raise ClickHouseError("embedded ClickHouse is closed", transient=True)
+            env = {
+                **os.environ,
+                "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            }
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "storage.chdb_worker", self.path,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            try:
+                _, ok, value = await _read_reply(proc.stdout)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                await proc.wait()
                 raise ClickHouseError(
-                    f"the embedded ClickHouse at {self.path} is held by another process "
-                    "(a running 'sluice serve'?); stop it, or talk to the data through it",
-                    transient=False,
-                ) from None
-            raise classify(exc) from exc
+                    f"embedded ClickHouse worker exited at start ({proc.returncode})",
+                    transient=True,
+                ) from exc
+            if not ok:
+                await proc.wait()
+                message = value[0]
+                if "Cannot lock file" in message or "Another server instance" in message:
+                    message = (
+                        f"the embedded ClickHouse at {self.path} is held by another process "
+                        "(a running 'sluice serve'?); stop it, or talk to the data through it"
+                    )
+                raise ClickHouseError(message, transient=False)
+            self._proc = proc
+            self._reader = asyncio.create_task(self._read_loop(proc), name="chdb-reader")
+            return proc
 
-    def _open_sync(self) -> Any:
-        import os
-
-        os.makedirs(self.path, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=f"chdb://{self.path}")
-
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._client is None:
-            raise ClickHouseError("embedded ClickHouse is closed", transient=True)
-        loop = asyncio.get_running_loop()
+    async def _read_loop(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-        except Exception as exc:
-            raise classify(exc) from exc
+            while True:
+                req_id, ok, value = await _read_reply(proc.stdout)
+                future = self._pending.pop(req_id, None)
+                if future is None or future.done():
+                    continue  # its caller gave up (shutdown deadline)
+                if ok:
+                    future.set_result(value)
+                else:
+                    message, transient, code = value
+                    future.set_exception(ClickHouseError(message, transient=transient, code=code))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        code = await proc.wait()
+        error = ClickHouseError(
+            f"embedded ClickHouse worker exited ({code}); it restarts on the next call",
+            transient=True,
+        )
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        proc = await self._ensure_started()
+        assert proc.stdin is not None
+        req_id = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        data = pickle.dumps((req_id, op, args, kwargs), protocol=5)
+        try:
+            proc.stdin.write(_HEADER.pack(len(data)))
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            self._pending.pop(req_id, None)
+            raise ClickHouseError(
+                f"embedded ClickHouse worker gone: {exc}", transient=True
+            ) from exc
+        return await future
 
     async def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
-        return await self._run(self._client.command, sql, settings=settings)
+        return await self._call("command", sql, settings=settings)
 
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
-        result = await self._run(self._client.query, sql, parameters=parameters)
-        return list(result.result_rows)
+        return await self._call("query", sql, parameters=parameters)
 
     async def insert_columns(
         self,
@@ -165,22 +235,31 @@ class EmbeddedClickHouse(ClickHouse):
         column_types: Sequence[str],
         dedup_token: str,
     ) -> int:
-        await self._run(
-            self._client.insert,
-            table,
-            columns,
-            column_names=list(column_names),
-            column_type_names=list(column_types),
-            column_oriented=True,
-            settings={"insert_deduplication_token": dedup_token},
+        return await self._call(
+            "insert", table, columns, list(column_names), list(column_types), dedup_token
         )
-        return len(columns[0]) if columns else 0
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
-        self._executor.shutdown(wait=True)
+        """Let the child finish what it was asked, then stop it (it exits on EOF)."""
+        self._closed = True
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def _read_reply(stream: asyncio.StreamReader) -> tuple[int, bool, Any]:
+    header = await stream.readexactly(_HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    return pickle.loads(await stream.readexactly(size))
 
 
 class HttpClickHouse(ClickHouse):

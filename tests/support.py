@@ -103,10 +103,21 @@ class Postgres:
 
 
 def clickhouse_rows(path: Path, sql: str) -> list[tuple]:
-    """Run ``sql`` on the embedded ClickHouse at ``path`` (must not be held by a server)."""
+    """Run ``sql`` on the embedded ClickHouse at ``path`` once no server holds it.
+
+    A server's engine runs in a child process that exits when the server does; after a
+    SIGKILL it notices a moment later, so opening is retried briefly."""
     import clickhouse_connect
 
-    client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    def opened():
+        try:
+            return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                return None
+            raise
+
+    client = poll(opened, timeout=30)
     try:
         return list(client.query(sql).result_rows)
     finally:
