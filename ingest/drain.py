@@ -46,6 +46,7 @@ from storage.clickhouse import ClickHouse, ClickHouseError
 
 log = structlog.get_logger("sluice.drain")
 
+CONCURRENT_PASSES = 2  # measured: one loop left both processes idle half the time
 BACKOFF_BASE = 1.0  # seconds before the 2nd attempt; doubles per attempt
 BACKOFF_CAP = 120.0  # "a few minutes" at most between attempts of one row
 IDLE_INTERVAL = 1.0  # how often an idle drain looks for due rows. A pass stops at the
@@ -63,6 +64,7 @@ class _Transient(Exception):
         super().__init__(str(error))
         self.error = error
         self.landed = landed
+        self.rows: list[tuple] = []
 
 
 class Drain:
@@ -96,6 +98,12 @@ class Drain:
         self._wake.set()
 
     async def run(self) -> None:
+        """:data:`CONCURRENT_PASSES` pass loops: while one waits on Postgres (claiming
+        rows, committing), the other's inserts keep ClickHouse busy. They never share a
+        row (SKIP LOCKED), exactly as two instances would not."""
+        await asyncio.gather(*(self._loop() for _ in range(CONCURRENT_PASSES)))
+
+    async def _loop(self) -> None:
         while not self._stopping:
             pause = IDLE_INTERVAL
             try:
@@ -127,22 +135,33 @@ class Drain:
         self.state.postgres_ok()
 
     async def pass_once(self) -> tuple[int, bool]:
-        """One pass. Returns (rows handled, whether a transient error stopped it)."""
+        """One pass. Returns (rows handled, whether a transient error hit any of them).
+
+        Every claimed row's replay starts at once: its ClickHouse inserts queue up (the
+        embedded engine runs them in order, a server in parallel) while the next row is
+        being decoded. The Postgres updates then run one by one on the pass's
+        connection, inside its transaction."""
         started = time.perf_counter()
         replayed = quarantined = 0
+        transient = False
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await self.deadletter.claim_due(conn, self.batch_limit)
-            for record in rows:
-                outcome = await self._replay(conn, record)
-                if outcome is None:
-                    if replayed or quarantined:
-                        self._log_pass(started, len(rows), replayed, quarantined)
-                    return len(rows), True
-                replayed += outcome[0]
-                quarantined += outcome[1]
-        if rows:
-            self._log_pass(started, len(rows), replayed, quarantined)
-        return len(rows), False
+            records = await self.deadletter.claim_due(conn, self.batch_limit)
+            attempts = [asyncio.create_task(self._attempt(r)) for r in records]
+            try:
+                for record, attempt in zip(records, attempts, strict=True):
+                    outcome = await self._settle(conn, record, attempt)
+                    if outcome is None:
+                        transient = True
+                    else:
+                        replayed += outcome[0]
+                        quarantined += outcome[1]
+            finally:  # Postgres failed mid-pass: the rows stay; their replays are deduped
+                for attempt in attempts:
+                    attempt.cancel()
+                await asyncio.gather(*attempts, return_exceptions=True)
+        if records:
+            self._log_pass(started, len(records), replayed, quarantined)
+        return len(records), transient
 
     def _log_pass(self, started: float, rows: int, replayed: int, quarantined: int) -> None:
         log.info(
@@ -153,20 +172,34 @@ class Drain:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _replay(
-        self, conn: asyncpg.Connection, record: asyncpg.Record
-    ) -> tuple[int, int] | None:
-        """Replay one row. Returns (landed, quarantined) events, or None on a transient
-        error (the row is rescheduled)."""
-        row_id: uuid.UUID = record["id"]
+    async def _attempt(
+        self, record: asyncpg.Record
+    ) -> tuple[list[tuple], list[tuple], list[tuple[tuple, str]]]:
+        """Decode one row and insert it (bisecting on a permanent error).
+
+        Returns (rows, landed, bad). Raises :class:`_Transient` carrying the rows."""
         rows = decode_batch(record["batch"])
+        token = str(record["id"])
         try:
-            landed, bad = await self._insert_or_bisect(rows, str(row_id), str(row_id))
+            landed, bad = await self._insert_or_bisect(rows, token, token)
         except _Transient as exc:
-            remaining = rows
+            exc.rows = rows
+            raise
+        return rows, landed, bad
+
+    async def _settle(
+        self, conn: asyncpg.Connection, record: asyncpg.Record, attempt: asyncio.Task
+    ) -> tuple[int, int] | None:
+        """Record one row's outcome. Returns (landed, quarantined) events, or None on a
+        transient error (the row is rescheduled with backoff)."""
+        row_id: uuid.UUID = record["id"]
+        try:
+            _rows, landed, bad = await attempt
+        except _Transient as exc:
+            remaining = exc.rows
             if exc.landed:
                 landed_ids = {id(r) for r in exc.landed}
-                remaining = [r for r in rows if id(r) not in landed_ids]
+                remaining = [r for r in exc.rows if id(r) not in landed_ids]
                 await self.deadletter.replace_rows(conn, row_id, remaining, str(exc.error))
                 self._landed(exc.landed)
             await self.deadletter.record_failure(
