@@ -32,16 +32,17 @@ import asyncio
 import random
 import time
 import uuid
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
 from ingest.buffer import Buffer
-from ingest.deadletter import DeadLetter, decode_batch
-from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
+from ingest.deadletter import FORMAT, DeadLetter, decode_batch
+from ingest.flush import TABLE, UsageHook, insert_rows, no_usage, report_usage, usage_counts
 from ingest.metrics import Metrics
 from ingest.state import State
-from ingest.validate import EVENT_ID
+from ingest.validate import COLUMN_TYPES, COLUMNS, EVENT_ID
 from storage.clickhouse import ClickHouse, ClickHouseError
 
 log = structlog.get_logger("sluice.drain")
@@ -57,6 +58,13 @@ def backoff(attempts: int) -> float:
     """Seconds until the next attempt after ``attempts`` failures (with ±20% jitter)."""
     base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
     return base * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class _Outcome:
+    counts: dict[str, int]  # landed events per project id (for the usage hook)
+    landed: int
+    bad: list[tuple[tuple, str]]  # (row, reason) ClickHouse refuses on its own
 
 
 class _Transient(Exception):
@@ -172,20 +180,32 @@ class Drain:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _attempt(
-        self, record: asyncpg.Record
-    ) -> tuple[list[tuple], list[tuple], list[tuple[tuple, str]]]:
-        """Decode one row and insert it (bisecting on a permanent error).
+    async def _attempt(self, record: asyncpg.Record) -> _Outcome:
+        """Insert one row's events. Raises :class:`_Transient`.
 
-        Returns (rows, landed, bad). Raises :class:`_Transient` carrying the rows."""
-        rows = decode_batch(record["batch"])
+        First as the stored document itself (the embedded engine parses it in its own
+        process); only if ClickHouse refuses the data are the events decoded here and
+        bisected."""
         token = str(record["id"])
         try:
-            landed, bad = await self._insert_or_bisect(rows, token, token)
+            counts = await self.clickhouse.insert_document(
+                TABLE, record["batch"], COLUMNS, COLUMN_TYPES, token, {"format": FORMAT},
+                "project_id",
+            )  # fmt: skip
+            return _Outcome({str(p): n for p, n in counts.items()}, sum(counts.values()), [])
+        except ClickHouseError as err:
+            if err.transient:
+                raise _Transient(err, []) from err
+        rows = decode_batch(record["batch"])
+        try:
+            if len(rows) == 1:
+                landed, bad = await self._insert_or_bisect(rows, token, token)
+            else:
+                landed, bad = await self._split(rows, token)
         except _Transient as exc:
-            exc.rows = rows
+            exc.rows = rows  # what is left of the row is rows minus exc.landed
             raise
-        return rows, landed, bad
+        return _Outcome(usage_counts(landed), len(landed), bad)
 
     async def _settle(
         self, conn: asyncpg.Connection, record: asyncpg.Record, attempt: asyncio.Task
@@ -194,25 +214,27 @@ class Drain:
         transient error (the row is rescheduled with backoff)."""
         row_id: uuid.UUID = record["id"]
         try:
-            _rows, landed, bad = await attempt
+            outcome: _Outcome = await attempt
         except _Transient as exc:
-            remaining = exc.rows
-            if exc.landed:
+            remaining = record["event_count"]
+            if exc.landed:  # part of a bisection landed: keep only the rest in the row
                 landed_ids = {id(r) for r in exc.landed}
-                remaining = [r for r in exc.rows if id(r) not in landed_ids]
-                await self.deadletter.replace_rows(conn, row_id, remaining, str(exc.error))
-                self._landed(exc.landed)
+                rest = [r for r in exc.rows if id(r) not in landed_ids]
+                await self.deadletter.replace_rows(conn, row_id, rest, str(exc.error))
+                self._landed(usage_counts(exc.landed), len(exc.landed))
+                remaining = len(rest)
             await self.deadletter.record_failure(
                 conn, row_id, str(exc.error), backoff(record["attempt_count"] + 1)
             )
             log.warning(
                 "drain_retry_later",
                 row_id=str(row_id),
-                events=len(remaining),
+                events=remaining,
                 attempts=record["attempt_count"] + 1,
                 error=str(exc.error)[:300],
             )
             return None
+        bad = outcome.bad
         if bad:
             bad_rows = [r for r, _ in bad]
             reason = bad[0][1]
@@ -222,22 +244,22 @@ class Drain:
                 "drain_quarantined",
                 row_id=str(row_id),
                 events=len(bad_rows),
-                landed=len(landed),
+                landed=outcome.landed,
                 reason=reason[:300],
             )
         else:
             await self.deadletter.delete(conn, row_id)
-        self._landed(landed)
-        return len(landed), len(bad)
+        self._landed(outcome.counts, outcome.landed)
+        return outcome.landed, len(bad)
 
-    def _landed(self, rows: list[tuple]) -> None:
-        if not rows:
+    def _landed(self, counts: dict[str, int], n: int) -> None:
+        if not n:
             return
         self.state.clickhouse_ok()
         if self.state.fatal:
             self.state.clear_fatal()
-        self.metrics.events_replayed.inc(len(rows))
-        report_usage(self.usage_hook, rows)
+        self.metrics.events_replayed.inc(n)
+        report_usage(self.usage_hook, counts)
 
     @staticmethod
     def _part_token(row_token: str, part: list[tuple]) -> str:
@@ -262,6 +284,12 @@ class Drain:
                 raise _Transient(err, []) from err
             if len(rows) == 1:
                 return [], [(rows[0], str(err))]
+        return await self._split(rows, row_token)
+
+    async def _split(
+        self, rows: list[tuple], row_token: str
+    ) -> tuple[list[tuple], list[tuple[tuple, str]]]:
+        """Bisect ``rows`` (which failed permanently as a whole)."""
         mid = len(rows) // 2
         landed: list[tuple] = []
         bad: list[tuple[tuple, str]] = []

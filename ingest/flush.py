@@ -68,10 +68,14 @@ async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
     await ch.insert_columns(TABLE, columns, COLUMNS, COLUMN_TYPES, token)
 
 
-def report_usage(hook: UsageHook, rows: list[tuple]) -> None:
-    """Call ``hook(project_id, count)`` for the events of ``rows`` that just landed."""
-    for project, count in Counter(row[PROJECT_ID] for row in rows).items():
-        project_id = uuid_str(project)
+def usage_counts(rows: list[tuple]) -> dict[str, int]:
+    """Events per project id (text) in pipeline rows."""
+    return {uuid_str(p): n for p, n in Counter(row[PROJECT_ID] for row in rows).items()}
+
+
+def report_usage(hook: UsageHook, counts: dict[str, int]) -> None:
+    """Call ``hook(project_id, count)`` for events that just landed."""
+    for project_id, count in counts.items():
         try:
             hook(project_id, count)
         except Exception as exc:  # a broken hook must never lose or duplicate events
@@ -185,7 +189,7 @@ class Flusher:
             reason=reason,
             outcome="stored",
         )
-        report_usage(self.usage_hook, rows)
+        report_usage(self.usage_hook, usage_counts(rows))
         return True
 
     async def _park(

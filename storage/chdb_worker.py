@@ -56,6 +56,13 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
             settings={"insert_deduplication_token": token},
         )
         return len(columns[0]) if columns else 0
+    if op == "insert_document":
+        from storage.clickhouse import count_values, document_columns
+
+        table, document, names, types, token, expect, count_by = args
+        columns = document_columns(document, names, expect)
+        _dispatch(client, "insert", (table, columns, names, types, token), {})
+        return count_values(columns, names, count_by)
     if op == "command":
         return client.command(*args, **kwargs)
     if op == "query":
