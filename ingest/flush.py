@@ -180,15 +180,7 @@ class Flusher:
             if self.on_recovery:
                 self.on_recovery()
         self.metrics.events_flushed.inc(len(rows))
-        self.metrics.flush_seconds.labels("stored").observe(duration)
-        log.info(
-            "flush",
-            batch_id=batch_id,
-            events=len(rows),
-            duration_ms=round(duration * 1000, 2),
-            reason=reason,
-            outcome="stored",
-        )
+        self._log(log.info, batch_id, rows, duration, reason, "stored")
         report_usage(self.usage_hook, usage_counts(rows))
         return True
 
@@ -209,16 +201,7 @@ class Flusher:
             self._held.append(_Held(batch_id, rows, error))
             reason_text = f"ClickHouse: {error[:200]}; dead-letter table: {str(exc)[:200]}"
             self.state.set_fatal(reason_text)
-            self.metrics.flush_seconds.labels("held").observe(duration)
-            log.error(
-                "flush",
-                batch_id=batch_id,
-                events=len(rows),
-                duration_ms=round(duration * 1000, 2),
-                reason=reason,
-                outcome="held_in_memory",
-                error=reason_text,
-            )
+            self._log(log.error, batch_id, rows, duration, reason, "held", error=reason_text)
             return False
         duration = time.perf_counter() - started
         self.buffer.release(len(rows))
@@ -228,17 +211,30 @@ class Flusher:
         self.state.dlq_rows += 1
         self.state.dlq_events += len(rows)
         self.metrics.events_parked.inc(len(rows))
-        self.metrics.flush_seconds.labels("parked").observe(duration)
-        log.warning(
+        self._log(log.warning, batch_id, rows, duration, reason, "parked", error=error[:500])
+        return True
+
+    def _log(
+        self,
+        emit: Callable[..., None],
+        batch_id: str,
+        rows: list[tuple],
+        duration: float,
+        reason: str,
+        outcome: str,
+        **extra: str,
+    ) -> None:
+        """The one log line and histogram sample per flush."""
+        self.metrics.flush_seconds.labels(outcome).observe(duration)
+        emit(
             "flush",
             batch_id=batch_id,
             events=len(rows),
             duration_ms=round(duration * 1000, 2),
             reason=reason,
-            outcome="parked",
-            error=error[:500],
+            outcome=outcome,
+            **extra,
         )
-        return True
 
     async def stop(self, grace: float) -> int:
         """Shutdown: flush everything within ``grace`` seconds, park whatever is left.
