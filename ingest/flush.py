@@ -107,7 +107,7 @@ class Flusher:
         self.on_recovery = on_recovery
         self._held: list[_Held] = []
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._in_flight: set[asyncio.Task[bool]] = set()
+        self._in_flight: dict[asyncio.Task[bool], tuple[str, list[tuple]]] = {}
         self._stopping = False
         self._clickhouse_failing = False
 
@@ -145,12 +145,13 @@ class Flusher:
             if not rows:  # taken by stop() meanwhile
                 self._slots.release()
                 break
-            task = asyncio.create_task(self._flush(uuid7(), rows, reason))
-            self._in_flight.add(task)
+            batch_id = uuid7()
+            task = asyncio.create_task(self._flush(batch_id, rows, reason))
+            self._in_flight[task] = (batch_id, rows)
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[bool]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("flush_task_failed", error=repr(task.exception()))
@@ -245,9 +246,14 @@ class Flusher:
         self._stopping = True
         self.buffer.wake()
         deadline = time.monotonic() + grace
+        pending: list[tuple[str, list[tuple]]] = []
         if self._in_flight:  # batches already handed over finish (or fail and park)
             await asyncio.wait(set(self._in_flight), timeout=grace)
-        pending = [(h.batch_id, h.rows) for h in self._held]
+            for task, batch in list(self._in_flight.items()):  # still stuck: park them
+                task.cancel()  # same batch id: if the insert lands after all, the
+                pending.append(batch)  # replay is deduplicated
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        pending += [(h.batch_id, h.rows) for h in self._held]
         self._held = []
         while self.buffer.queued:
             pending.append((uuid7(), self.buffer.take(self.flush_events)))
