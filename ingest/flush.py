@@ -182,7 +182,8 @@ class Flusher:
                 self.on_recovery()
         self.metrics.events_flushed.inc(len(rows))
         self._log(log.info, batch_id, rows, duration, reason, "stored")
-        report_usage(self.usage_hook, usage_counts(rows))
+        if self.usage_hook is not no_usage:
+            report_usage(self.usage_hook, usage_counts(rows))
         return True
 
     async def _park(

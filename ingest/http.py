@@ -176,8 +176,11 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("ingest disabled")
     if state.fatal:
         problems.append("fatal: ClickHouse and the dead-letter table failed")
-    if now - state.postgres_ok_at > READY_STALE_SECONDS:
-        problems.append("Postgres has not answered recently")
+    # Either store is a durable place for events: a Postgres outage alone (tokens cached,
+    # ClickHouse taking batches) must not take every instance out of the balancer.
+    last_ok = max(state.postgres_ok_at, state.clickhouse_ok_at)
+    if now - last_ok > READY_STALE_SECONDS:
+        problems.append("neither ClickHouse nor Postgres has answered recently")
     if problems:
         return _json(503, {"status": "not ready", "reasons": problems})
     return _json(200, {"status": "ready"})

@@ -325,6 +325,8 @@ def test_token_keeps_working_while_postgres_is_stopped(start_server, own_pg: Pos
     poll(lambda: server.post({"token": token, "events": [event("during")]}).status == 202)
     resp = server.post({"token": unseen, "events": [event()]})
     assert (resp.status, resp.json()) == (500, {"error": "internal server error"})
+    # ClickHouse still takes the batches: the instance stays in the balancer.
+    assert request(server.url + "/readyz").status == 200
     own_pg.start()
     rows = stop_and_read(server, "SELECT DISTINCT event FROM events_raw_v1 ORDER BY event")
     assert rows == [("before",), ("during",)]
