@@ -55,6 +55,7 @@ from storage.postgres import EmbeddedPostgres, close_pool, create_pool
 log = structlog.get_logger("sluice.app")
 
 CLICKHOUSE_MIGRATE_RETRY = 2.0  # seconds between attempts while a server is unreachable
+BOOT_CLICKHOUSE_WAIT = 5.0  # a ClickHouse server slower than this at boot is retried later
 
 
 class BootError(RuntimeError):
@@ -184,14 +185,16 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
 
 async def _migrate_clickhouse(service: Service) -> None:
     try:
-        applied = await clickhouse_up(service.clickhouse)
-    except ClickHouseError as exc:
+        # A server that accepts connections and never answers would otherwise hold boot
+        # for the whole request timeout.
+        applied = await asyncio.wait_for(clickhouse_up(service.clickhouse), BOOT_CLICKHOUSE_WAIT)
+    except (ClickHouseError, TimeoutError) as exc:
         if isinstance(service.clickhouse, EmbeddedClickHouse):
             raise BootError(f"ClickHouse migrations failed: {exc}") from exc
         log.warning(
             "clickhouse_unreachable_at_boot",
             clickhouse=service.clickhouse.description,
-            error=str(exc)[:300],
+            error=str(exc)[:300] or f"no answer within {BOOT_CLICKHOUSE_WAIT:.0f} s",
             detail="accepting anyway; batches park in failed_events until it answers",
         )
         service.tasks.append(asyncio.create_task(_migrate_later(service), name="ch-migrate"))
