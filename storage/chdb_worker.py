@@ -56,16 +56,6 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
             settings={"insert_deduplication_token": token},
         )
         return len(columns[0]) if columns else 0
-    if op == "insert_native":
-        table, names, block, token = args
-        client.raw_insert(
-            table,
-            names,
-            insert_block=block,
-            fmt="Native",
-            settings={"insert_deduplication_token": token},
-        )
-        return None
     if op == "insert_document":
         from storage.clickhouse import count_values, document_columns
 

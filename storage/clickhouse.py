@@ -32,8 +32,6 @@ from urllib.parse import parse_qs, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from storage.native import encode_block
-
 # Error codes meaning "these rows can never be stored as they are": retrying is useless,
 # so the dead-letter drain bisects the batch and quarantines the offenders.
 PERMANENT_CODES = frozenset(
@@ -289,19 +287,9 @@ class EmbeddedClickHouse(ClickHouse):
         column_types: Sequence[str],
         dedup_token: str,
     ) -> int:
-        # Encoded here as a Native block (storage/native.py): the engine process then
-        # only inserts bytes. Types or values the fast encoder does not cover go
-        # through clickhouse-connect's general encoder in the engine process.
-        try:
-            block = encode_block(columns, column_names, column_types)
-        except Exception as exc:
-            raise classify(exc) from exc
-        if block is None:
-            return await self._call(
-                "insert", table, columns, list(column_names), list(column_types), dedup_token
-            )
-        await self._call("insert_native", table, list(column_names), block, dedup_token)
-        return len(columns[0]) if columns else 0
+        return await self._call(
+            "insert", table, columns, list(column_names), list(column_types), dedup_token
+        )
 
     async def insert_document(
         self,

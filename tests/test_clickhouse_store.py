@@ -4,7 +4,6 @@ HTTP transport's failure paths against real sockets."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -196,45 +195,3 @@ def test_listener_that_never_answers_times_out_as_transient(silent_listener: int
 def test_server_answering_500_is_transient(error_500_listener: int) -> None:
     err = _insert_via_http(f"http://127.0.0.1:{error_500_listener}/default")
     assert err.transient
-
-
-def test_native_block_stores_exactly_what_the_general_encoder_stores(tmp_path: Path) -> None:
-    from ingest.validate import COLUMN_TYPES, COLUMNS
-    from storage.native import encode_block
-
-    now = int(time.time() * 1000)
-    events = [
-        {"event": "a", "timestamp": now, "userId": "u1", "properties": {"k": "é✓"}},
-        {"event": "b", "timestamp": now - 5, "anonymous_id": "x", "session_id": "s"},
-        {"event": "c", "timestamp": now - 9, "extras": {"n": None}},
-    ]
-    rows, errors, _ = validate_batch(events, uuid.uuid4().int, now)
-    assert not errors
-    columns = list(zip(*rows, strict=True))
-    assert encode_block(columns, COLUMNS, COLUMN_TYPES) is not None
-    as_text = [
-        tuple(str(uuid.UUID(int=v)) for v in c) if i < 2 else c for i, c in enumerate(columns)
-    ]
-    assert encode_block(as_text, COLUMNS, COLUMN_TYPES) is None  # UUID text: general path
-    path = tmp_path / "ch"
-    select = (
-        "SELECT toString(event_id), toString(project_id), event, anonymous_id, user_id, "
-        "session_id, toUnixTimestamp64Milli(timestamp), toUnixTimestamp64Milli(received_at), "
-        "properties, extras FROM events_raw_v1 ORDER BY event"
-    )
-
-    async def run() -> tuple[list, list]:
-        ch = await open_clickhouse(f"chdb://{path}")
-        try:
-            await clickhouse_up(ch)
-            await insert_rows(ch, rows, "native")  # the embedded transport's fast path
-            fast = await ch.query_rows(select)
-            await ch.command("TRUNCATE TABLE events_raw_v1")
-            await ch.insert_columns("events_raw_v1", as_text, COLUMNS, COLUMN_TYPES, "general")
-            return fast, await ch.query_rows(select)
-        finally:
-            await ch.close()
-
-    fast, general = asyncio.run(run())
-    assert fast == general and len(fast) == 3
-    assert fast[0][4] == "u1" and fast[0][3] is None and json.loads(fast[0][8]) == {"k": "é✓"}
