@@ -4,7 +4,6 @@ HTTP transport's failure paths against real sockets."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import uuid
@@ -107,33 +106,6 @@ def test_unknown_table_and_connection_errors_are_transient() -> None:
 
 
 # --- the HTTP transport against real sockets -------------------------------------------
-
-
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """Accepts connections and never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(sock.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    sock.close()
 
 
 @pytest.fixture

@@ -421,47 +421,22 @@ def test_unique_ids_are_uuid7_when_the_client_sends_none(start_server, project) 
 
 
 def test_sigterm_while_clickhouse_hangs_parks_everything_within_the_grace(
-    start_server, project, pg, database_url
+    start_server, project, pg, database_url, silent_listener
 ) -> None:
     """A ClickHouse that accepts connections and never answers: inserts hang (default
     30 s timeout), so shutdown must give up at INGEST_SHUTDOWN_GRACE and park."""
-    import socket
-    import threading
     import time
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        _, token = project
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/default"
-        server = start_server(CLICKHOUSE_URL=url, INGEST_SHUTDOWN_GRACE="2s")
-        sent = events_with_ids(40)
-        for chunk in (sent[:20], sent[20:]):
-            assert server.post({"token": token, "events": chunk}).status == 202
-        started = time.monotonic()
-        assert server.stop() == 0, server.logs()
-        assert time.monotonic() - started < 15
-        parked = json.loads(pg.psql("SELECT json_agg(batch) FROM failed_events",
-                                    db_name(database_url)))  # fmt: skip
-        ids = [row[0] for batch in parked for row in batch["rows"]]
-        assert sorted(ids) == sorted(e["uuid"] for e in sent)
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        listener.close()
+    _, token = project
+    url = f"http://127.0.0.1:{silent_listener}/default"
+    server = start_server(CLICKHOUSE_URL=url, INGEST_SHUTDOWN_GRACE="2s")
+    sent = events_with_ids(40)
+    for chunk in (sent[:20], sent[20:]):
+        assert server.post({"token": token, "events": chunk}).status == 202
+    started = time.monotonic()
+    assert server.stop() == 0, server.logs()
+    assert time.monotonic() - started < 15
+    parked = json.loads(pg.psql("SELECT json_agg(batch) FROM failed_events",
+                                db_name(database_url)))  # fmt: skip
+    ids = [row[0] for batch in parked for row in batch["rows"]]
+    assert sorted(ids) == sorted(e["uuid"] for e in sent)
