@@ -47,7 +47,6 @@ from ingest.flush import Flusher, UsageHook, no_usage
 from ingest.http import build_app
 from ingest.metrics import Metrics
 from ingest.state import State
-from ingest.validate import validate_batch
 from storage.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, open_clickhouse
 from storage.migrations import clickhouse_up, postgres_up
 from storage.postgres import EmbeddedPostgres, close_pool, create_pool
@@ -93,7 +92,6 @@ class Service:
     resolver: TokenResolver
     flusher: Flusher
     drain: Drain
-    validate: Callable[..., Any] = validate_batch
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
@@ -107,6 +105,7 @@ class Service:
             "sluice_ingest_disabled": ("1 when not admitting", s.disabled or s.shutting_down),
             "sluice_token_cache_hits": ("Token lookups answered from cache", r.hits),
             "sluice_token_cache_misses": ("Token lookups sent to Postgres", r.misses),
+            "sluice_token_stale_served": ("Stale entries served: Postgres failed", r.stale_served),
             "sluice_duplicate_events_dropped": (
                 "Client retries not stored twice",
                 b.duplicates_dropped,
@@ -199,7 +198,6 @@ async def _migrate_clickhouse(service: Service) -> None:
         )
         service.tasks.append(asyncio.create_task(_migrate_later(service), name="ch-migrate"))
         return
-    service.state.clickhouse_migrated = True
     service.state.clickhouse_ok()
     if applied:
         log.info("clickhouse_migrated", versions=[m.version for m in applied])
@@ -212,7 +210,6 @@ async def _migrate_later(service: Service) -> None:
             applied = await clickhouse_up(service.clickhouse)
         except ClickHouseError:
             continue
-        service.state.clickhouse_migrated = True
         service.state.clickhouse_ok()
         log.info("clickhouse_migrated", versions=[m.version for m in applied], late=True)
         service.drain.kick()

@@ -77,7 +77,6 @@ class Buffer:
         """
         keys: list[Key] = []
         if client_id_rows:
-            fresh: list[tuple] = []
             dup_positions = set()
             seen: set[Key] = set()
             for i in client_id_rows:
@@ -89,8 +88,7 @@ class Buffer:
                     seen.add(key)
                     keys.append(key)
             if dup_positions:
-                fresh = [row for i, row in enumerate(rows) if i not in dup_positions]
-                rows = fresh
+                rows = [row for i, row in enumerate(rows) if i not in dup_positions]
         n = len(rows)
         if self.pending + n > self.capacity:
             return False

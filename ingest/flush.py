@@ -111,10 +111,6 @@ class Flusher:
         self._stopping = False
         self._clickhouse_failing = False
 
-    @property
-    def held_events(self) -> int:
-        return sum(len(h.rows) for h in self._held)
-
     async def run(self) -> None:
         """The background loop: size-or-interval batching until :meth:`stop`."""
         while not self._stopping:

@@ -24,7 +24,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ingest import __version__
 from ingest.ids import uuid_str
-from ingest.validate import MAX_EVENTS_PER_REQUEST, Invalid, parse_timestamp
+from ingest.metrics import CONTENT_TYPE
+from ingest.validate import MAX_EVENTS_PER_REQUEST, Invalid, parse_timestamp, validate_batch
 
 log = structlog.get_logger("sluice.http")
 
@@ -128,7 +129,7 @@ async def ingest(request: web.Request) -> web.Response:
     # invalid events' worth of room is left unused.)
     if buffer.pending + len(events) > buffer.capacity:
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
-    rows, errors, client_id_rows = svc.validate(events, project_id, received_at, sent_at)
+    rows, errors, client_id_rows = validate_batch(events, project_id, received_at, sent_at)
     if rows and not buffer.admit(rows, client_id_rows):
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
@@ -187,8 +188,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from ingest.metrics import CONTENT_TYPE
-
     body = request.app[SERVICE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

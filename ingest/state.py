@@ -21,7 +21,6 @@ class State:
     dlq_events: int = 0  # events held in those rows
     clickhouse_ok_at: float = field(default=0.0)  # monotonic time of last success
     postgres_ok_at: float = field(default=0.0)
-    clickhouse_migrated: bool = False
 
     def set_fatal(self, reason: str) -> None:
         self.fatal = True
@@ -36,7 +35,3 @@ class State:
 
     def postgres_ok(self) -> None:
         self.postgres_ok_at = time.monotonic()
-
-    @property
-    def admitting(self) -> bool:
-        return not (self.disabled or self.shutting_down or self.fatal)

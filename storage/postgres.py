@@ -14,7 +14,6 @@ On failure: :class:`PostgresUnavailable` after the boot retry window, naming the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import warnings
@@ -139,6 +138,10 @@ async def create_pool(
 
 
 async def close_pool(pool: asyncpg.Pool | None) -> None:
-    if pool is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(pool.close(), timeout=5)
+    """Close gracefully for up to 5 s (in-flight queries finish), then cut connections."""
+    if pool is None:
+        return
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5)
+    except Exception:
+        pool.terminate()

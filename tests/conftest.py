@@ -26,6 +26,14 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
 
 @pytest.fixture
+def own_pg(tmp_path: Path) -> Iterator[Postgres]:
+    """A Postgres of this test's own, which it may stop and start."""
+    instance = Postgres(tmp_path / "pg")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
 def database_url(pg: Postgres) -> str:
     return pg.dsn(pg.create_database())
 

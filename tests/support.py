@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,16 @@ def poll(check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def db_name(dsn: str) -> str:
+    """The database a DSN names (pgserver DSNs put the socket path in the query)."""
+    return urllib.parse.urlparse(dsn).path.lstrip("/")
+
+
+def dead_clickhouse_url() -> str:
+    """A ClickHouse URL on a closed port: every call is refused at once."""
+    return f"http://127.0.0.1:{free_port()}/default?connect_timeout=1&send_receive_timeout=2"
 
 
 def free_port() -> int:

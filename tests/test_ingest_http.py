@@ -11,8 +11,6 @@ import json
 import os
 import subprocess
 import uuid
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 from conftest import make_project
@@ -21,6 +19,8 @@ from support import (
     Postgres,
     Server,
     clickhouse_rows,
+    db_name,
+    dead_clickhouse_url,
     event,
     events_with_ids,
     free_port,
@@ -29,18 +29,10 @@ from support import (
 )
 
 
-def db_name(dsn: str) -> str:
-    return urlparse(dsn).path.lstrip("/")
-
-
 def stop_and_read(server: Server, sql: str) -> list[tuple]:
     """SIGTERM the server (it must exit 0), then read its embedded ClickHouse."""
     assert server.stop() == 0, server.logs()
     return clickhouse_rows(server.data_dir / "clickhouse", sql)
-
-
-def dead_clickhouse_url() -> str:
-    return f"http://127.0.0.1:{free_port()}/default?connect_timeout=1&send_receive_timeout=2"
 
 
 # --- 2xx -----------------------------------------------------------------------------
@@ -272,13 +264,6 @@ def test_dlq_depth_over_the_threshold_turns_healthz_503(start_server, project) -
     poll(lambda: server.healthz().status == 503)
     body = server.healthz().json()
     assert body["status"] == "down" and body["dlq_depth"] == 1 and body["fatal"] is False
-
-
-@pytest.fixture
-def own_pg(tmp_path: Path):
-    instance = Postgres(tmp_path / "pg")
-    yield instance
-    instance.close()
 
 
 def test_both_stores_down_turns_fatal_drops_nothing_and_recovers(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import SLUICE, event, request
+from support import SLUICE, db_name, event, request
 
 from ingest.deadletter import DeadLetter
 from ingest.validate import validate_batch
@@ -89,7 +89,7 @@ def test_dlq_stats_list_show(dlq, database_url, pg) -> None:
 
 def test_dlq_retry_and_requeue_change_postgres_state(dlq, database_url, pg) -> None:
     ids = park(database_url, [3, 4, 5], quarantine=1)
-    db = database_url.split("?")[0].rsplit("/", 1)[1]
+    db = db_name(database_url)
 
     def due() -> int:
         return int(pg.psql("SELECT count(*) FROM failed_events WHERE quarantined_at IS NULL "
@@ -107,7 +107,7 @@ def test_dlq_retry_and_requeue_change_postgres_state(dlq, database_url, pg) -> N
 
 def test_dlq_purge_asks_unless_yes_and_respects_older_than(dlq, database_url, pg) -> None:
     park(database_url, [2, 3, 4], quarantine=2)
-    db = database_url.split("?")[0].rsplit("/", 1)[1]
+    db = db_name(database_url)
     pg.psql("UPDATE failed_events SET quarantined_at = now() WHERE event_count = 3", db)
     refused = dlq("purge", "--quarantined", ok=False, stdin="")
     assert refused.returncode == 1 and "--yes" in refused.stderr

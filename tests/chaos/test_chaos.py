@@ -27,25 +27,14 @@ from support import (
     Postgres,
     Server,
     clickhouse_rows,
+    db_name,
+    dead_clickhouse_url,
     events_with_ids,
-    free_port,
     poll,
     request,
 )
 
 pytestmark = pytest.mark.chaos
-
-DEAD_CH = "http://127.0.0.1:{port}/default?connect_timeout=1&send_receive_timeout=2"
-
-
-def dead_clickhouse() -> str:
-    return DEAD_CH.format(port=free_port())
-
-
-def db_of(dsn: str) -> str:
-    from urllib.parse import urlparse
-
-    return urlparse(dsn).path.lstrip("/")
 
 
 def dlq_rows(pg: Postgres, db: str, where: str = "true") -> dict[str, int]:
@@ -115,19 +104,12 @@ class Load:
             t.join(timeout=30)
 
 
-@pytest.fixture
-def own_pg(tmp_path: Path):
-    instance = Postgres(tmp_path / "pg")
-    yield instance
-    instance.close()
-
-
 def test_1_clickhouse_unreachable_then_restart_lands_every_event_once(
     start_server, project, pg, database_url, tmp_path
 ) -> None:
     _, token = project
-    db = db_of(database_url)
-    down = start_server(CLICKHOUSE_URL=dead_clickhouse())
+    db = db_name(database_url)
+    down = start_server(CLICKHOUSE_URL=dead_clickhouse_url())
     with Load(down, token) as load:
         poll(lambda: load.count() >= 1000)
     accepted = set(load.accepted)
@@ -153,8 +135,8 @@ def test_2_a_long_clickhouse_outage_quarantines_nothing(
     start_server, project, pg, database_url, tmp_path
 ) -> None:
     _, token = project
-    db = db_of(database_url)
-    down = start_server(CLICKHOUSE_URL=dead_clickhouse())
+    db = db_name(database_url)
+    down = start_server(CLICKHOUSE_URL=dead_clickhouse_url())
     sent = events_with_ids(50)
     assert down.post({"token": token, "events": sent}).status == 202
     poll(lambda: pg.psql("SELECT count(*) FROM failed_events", db) == "1")
@@ -180,7 +162,7 @@ def test_3_clickhouse_and_postgres_down_is_fatal_and_recovers_without_loss(
 ) -> None:
     dsn = own_pg.dsn()
     _, token = make_project(dsn)
-    server = start_server(DATABASE_URL=dsn, CLICKHOUSE_URL=dead_clickhouse())
+    server = start_server(DATABASE_URL=dsn, CLICKHOUSE_URL=dead_clickhouse_url())
     accepted: list[str] = []
     batch = events_with_ids(30)
     assert server.post({"token": token, "events": batch}).status == 202
@@ -214,7 +196,7 @@ def test_4_one_event_clickhouse_rejects_is_quarantined_alone(
     start_server, project, pg, database_url, tmp_path
 ) -> None:
     _, token = project
-    db = db_of(database_url)
+    db = db_name(database_url)
     data = tmp_path / "data"
     env = {"DATABASE_URL": database_url, "DATA_DIR": str(data)}
     import os
@@ -247,7 +229,7 @@ def test_5_sigterm_under_load_keeps_every_202_and_readyz_turns_first(
     start_server, project, pg, database_url, tmp_path
 ) -> None:
     _, token = project
-    db = db_of(database_url)
+    db = db_name(database_url)
     server = start_server(INGEST_FLUSH_INTERVAL="2s")
     ready_log: list[int | str] = []
 
@@ -284,7 +266,7 @@ def test_6_sigkill_under_load_loses_at_most_the_buffer(
     start_server, project, pg, database_url, tmp_path, capsys
 ) -> None:
     _, token = project
-    db = db_of(database_url)
+    db = db_name(database_url)
     buffer = 50_000
     server = start_server(INGEST_FLUSH_INTERVAL="2s", INGEST_EVENT_BUFFER=str(buffer))
     with Load(server, token) as load:
@@ -311,7 +293,7 @@ def test_7_two_servers_on_one_postgres_drain_one_backlog_exactly_once(
     from storage.migrations import postgres_up
     from storage.postgres import create_pool
 
-    db = db_of(database_url)
+    db = db_name(database_url)
     now = int(time.time() * 1000)
     project = uuid.uuid4().int
 
