@@ -295,7 +295,7 @@ def phase_drain(data_dir: Path) -> dict:
     """Park BACKLOG_EVENTS events (5,000 per row) straight into failed_events, then let
     a fresh server replay them; time from its first answer to an empty table."""
     from ingest.deadletter import DeadLetter
-    from ingest.validate import validate_batch
+    from ingest.validate import validate_rows
     from storage.postgres import EmbeddedPostgres, create_pool
 
     dsn = EmbeddedPostgres(data_dir / "postgres").start()
@@ -311,7 +311,7 @@ def phase_drain(data_dir: Path) -> dict:
         try:
             dlq = DeadLetter(pool)
             for _ in range(BACKLOG_EVENTS // per_row):
-                rows, _, _ = validate_batch(events, uuid.uuid4().int, now)
+                rows, _ = validate_rows(events, uuid.uuid4().int, now)
                 await dlq.park(str(uuid.uuid4()), rows, "bench backlog")
         finally:
             await pool.close()

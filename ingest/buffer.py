@@ -1,7 +1,9 @@
 """Stage 2 — buffer: bounded in-memory hand-off between requests and the flusher.
 
-Enters: the validated rows of one request (:meth:`Buffer.admit`, on the event loop).
-Leaves: batches for the flusher (:meth:`Buffer.take`).
+Enters: the row lines of one request (:meth:`Buffer.admit`, on the event loop), kept as
+one ``bytes`` chunk per request (~480 B per event, no per-event object).
+Leaves: :class:`Batch` es for the flusher (:meth:`Buffer.take`): exactly up to
+``INGEST_FLUSH_EVENTS`` events each (a request's chunk is split at a line if need be).
 
 Bounded by *pending events*: every event from admission until it is durably stored
 (in ClickHouse or in the dead-letter table) — queued, in a flush, or held in memory
@@ -17,9 +19,9 @@ retry of a batch that was already accepted is acknowledged without storing it tw
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
-
-from ingest.validate import EVENT_ID, PROJECT_ID
+from dataclasses import dataclass
 
 RECENT_CLIENT_IDS = 100_000  # ~15 MB: enough for retries within minutes at high rates
 
@@ -28,7 +30,7 @@ Key = tuple[int, int]
 
 
 class RecentIds:
-    """Insertion-ordered, bounded set of ``(project_id, event_id)`` keys."""
+    """Insertion-ordered, bounded set of ``(project_id, event_id)`` keys (ints)."""
 
     def __init__(self, capacity: int = RECENT_CLIENT_IDS) -> None:
         self.capacity = capacity
@@ -46,8 +48,31 @@ class RecentIds:
         return len(self._keys)
 
 
+@dataclass(slots=True)
+class Batch:
+    """Events on their way to ClickHouse: row lines (:mod:`ingest.validate`) in the
+    chunks they were admitted in (never joined on the event loop), how many, and how many
+    per project id (for the usage hook)."""
+
+    parts: list[bytes]
+    count: int
+    projects: dict[int, int]
+
+    def data(self) -> bytes:
+        """The lines as one ``bytes``."""
+        return b"".join(self.parts)
+
+
+def _split(data: bytes, n: int) -> int:
+    """Offset just past the ``n``-th line of ``data``."""
+    end = 0
+    for _ in range(n):
+        end = data.index(b"\n", end) + 1
+    return end
+
+
 class Buffer:
-    """Pending-event counter plus the queue of rows not yet taken by the flusher."""
+    """Pending-event counter plus the queue of request chunks not yet taken by the flusher."""
 
     def __init__(self, capacity: int, flush_events: int) -> None:
         self.capacity = capacity
@@ -55,61 +80,80 @@ class Buffer:
         self.pending = 0  # events admitted and not yet durable anywhere
         self.duplicates_dropped = 0
         self.typical_request = 0.0  # moving average of events per admitted request
-        self._rows: list[tuple] = []
+        self._chunks: deque[tuple[bytes, int, int]] = deque()  # (lines, events, project)
+        self._queued = 0
         self._ready = asyncio.Event()
         self._recent = RecentIds()
 
     @property
     def queued(self) -> int:
         """Events waiting for the flusher (a subset of :attr:`pending`)."""
-        return len(self._rows)
+        return self._queued
 
     def likely_full(self) -> bool:
         """True when a typical request would not fit. Checked before a request body is
         read, so that under overload a refusal costs microseconds, not a parse."""
         return self.pending + self.typical_request > self.capacity
 
-    def admit(self, rows: list[tuple], client_id_rows: Sequence[int] = ()) -> bool:
-        """Take all of ``rows`` or none. ``False`` means the buffer is full.
+    def admit(
+        self, lines: list[bytes], project_id: int, client_ids: Sequence[tuple[int, int]] = ()
+    ) -> bool:
+        """Take all of ``lines`` or none. ``False`` means the buffer is full.
 
-        Rows whose client-supplied id was already admitted are acknowledged but not
-        queued again (a retry of the same event).
+        ``client_ids`` are ``(line index, id)`` of events whose id the client supplied;
+        one already admitted is acknowledged but not queued again (a client retry).
         """
-        keys: list[Key] = []
-        if client_id_rows:
-            dup_positions = set()
-            seen: set[Key] = set()
-            for i in client_id_rows:
-                row = rows[i]
-                key = (row[PROJECT_ID], row[EVENT_ID])
-                if key in self._recent or key in seen:
-                    dup_positions.add(i)
+        keys: list[tuple[int, int]] = []
+        if client_ids:
+            drop = set()
+            seen: set[int] = set()
+            for i, event_id in client_ids:
+                if (project_id, event_id) in self._recent or event_id in seen:
+                    drop.add(i)
                 else:
-                    seen.add(key)
-                    keys.append(key)
-            if dup_positions:
-                rows = [row for i, row in enumerate(rows) if i not in dup_positions]
-        n = len(rows)
+                    seen.add(event_id)
+                    keys.append((project_id, event_id))
+            if drop:
+                lines = [line for i, line in enumerate(lines) if i not in drop]
+        n = len(lines)
         if self.pending + n > self.capacity:
             return False
-        self.duplicates_dropped += len(client_id_rows) - len(keys)
+        self.duplicates_dropped += len(client_ids) - len(keys)
         for key in keys:
             self._recent.add(key)
         self.typical_request += (n - self.typical_request) * 0.05
         if n:
-            self._rows.extend(rows)
+            self._chunks.append((b"".join(lines), n, project_id))
+            self._queued += n
             self.pending += n
-            if len(self._rows) >= self.flush_events:
+            if self._queued >= self.flush_events:
                 self._ready.set()
         return True
 
-    def take(self, limit: int) -> list[tuple]:
-        """Remove and return up to ``limit`` queued rows (they stay pending)."""
-        batch = self._rows[:limit]
-        del self._rows[:limit]
-        if len(self._rows) < self.flush_events:
+    def take(self, limit: int) -> Batch | None:
+        """Remove and return up to ``limit`` queued events (they stay pending)."""
+        parts: list[bytes] = []
+        projects: dict[int, int] = {}
+        count = 0
+        chunks = self._chunks
+        while chunks and count < limit:
+            data, n, project = chunks[0]
+            if count + n > limit:  # a request larger than what is left: split its lines
+                n = limit - count
+                cut = _split(data, n)
+                chunks[0] = (data[cut:], chunks[0][1] - n, project)
+                data = data[:cut]
+            else:
+                chunks.popleft()
+            parts.append(data)
+            projects[project] = projects.get(project, 0) + n
+            count += n
+        self._queued -= count
+        if self._queued < self.flush_events:
             self._ready.clear()
-        return batch
+        if not count:
+            return None
+        return Batch(parts, count, projects)
 
     def release(self, n: int) -> None:
         """``n`` taken events are now durable: free their room."""

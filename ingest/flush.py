@@ -1,21 +1,23 @@
 """Stage 3 — flush: buffer → ClickHouse, one INSERT per batch.
 
-Enters: rows taken from the :class:`~ingest.buffer.Buffer`, as soon as
+Enters: :class:`~ingest.buffer.Batch` es taken from the buffer, as soon as
 ``INGEST_FLUSH_EVENTS`` are queued or every ``INGEST_FLUSH_INTERVAL``.
-Leaves: one column-oriented INSERT into ``events_raw_v1`` per batch of at most
-``INGEST_FLUSH_EVENTS`` rows, tagged with a fresh batch id (UUIDv7) as its insert
-deduplication token; then the usage hook, once per landed event.
+Leaves: one ``INSERT … FORMAT JSONCompactEachRow`` into ``events_raw_v1`` per batch of
+at most ``INGEST_FLUSH_EVENTS`` events — the row lines exactly as validation wrote them,
+parsed by ClickHouse — tagged with a fresh batch id (UUIDv7) as its insert deduplication
+token; then the usage hook, once per landed event.
 
 On failure:
 
 1. ClickHouse refuses or is unreachable → the batch, under the *same* batch id, becomes
-   one ``failed_events`` row (:mod:`ingest.deadletter`); the drain replays it later.
+   one ``failed_events`` row (:mod:`ingest.deadletter`, its lines turned into the stored
+   payload format); the drain replays it later.
 2. That write fails too → the fatal flag goes up (ingest answers 503 "ingest down") and
    the batch stays in memory, still counted as pending, and is retried (ClickHouse
    first, then the dead-letter table) every interval. The first success clears fatal.
 
-The insert runs off the event loop (a worker thread for the embedded engine, the async
-client for a server), so requests are accepted while a flush is in progress. Up to
+The insert runs off the event loop (the engine process for the embedded engine, the
+async client for a server), so requests are accepted while a flush is in progress. Up to
 :data:`MAX_IN_FLIGHT` batches are handed over at once: under load the loop can take tens
 of milliseconds to get back to the flusher, and the next batch must already be queued
 for the engine by then (the embedded engine runs them one after another; a server takes
@@ -32,12 +34,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from ingest.buffer import Buffer
+from ingest.buffer import Batch, Buffer
 from ingest.deadletter import DeadLetter
 from ingest.ids import uuid7, uuid_str
 from ingest.metrics import Metrics
 from ingest.state import State
-from ingest.validate import COLUMN_TYPES, COLUMNS, PROJECT_ID
+from ingest.validate import COLUMN_TYPES, COLUMNS, PROJECT_ID, lines_to_rows
 from storage.clickhouse import ClickHouse, ClickHouseError, classify
 
 log = structlog.get_logger("sluice.flush")
@@ -58,12 +60,17 @@ class _Held:
     """A batch neither store took: kept in memory until one does."""
 
     batch_id: str
-    rows: list[tuple]
+    batch: Batch
     error: str
 
 
+async def insert_batch(ch: ClickHouse, batch: Batch, token: str) -> None:
+    """One INSERT of a batch's row lines with ``token`` as its dedup token."""
+    await ch.insert_lines(TABLE, batch.parts, COLUMNS, token)
+
+
 async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
-    """One column-oriented INSERT of ``rows`` with ``token`` as its dedup token."""
+    """One column-oriented INSERT of pipeline rows (the drain's replays) with ``token``."""
     columns = list(zip(*rows, strict=True))
     await ch.insert_columns(TABLE, columns, COLUMNS, COLUMN_TYPES, token)
 
@@ -71,6 +78,11 @@ async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
 def usage_counts(rows: list[tuple]) -> dict[str, int]:
     """Events per project id (text) in pipeline rows."""
     return {uuid_str(p): n for p, n in Counter(row[PROJECT_ID] for row in rows).items()}
+
+
+def batch_usage(batch: Batch) -> dict[str, int]:
+    """Events per project id (text) in a batch."""
+    return {uuid_str(p): n for p, n in batch.projects.items()}
 
 
 def report_usage(hook: UsageHook, counts: dict[str, int]) -> None:
@@ -107,7 +119,7 @@ class Flusher:
         self.on_recovery = on_recovery
         self._held: list[_Held] = []
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._in_flight: dict[asyncio.Task[bool], tuple[str, list[tuple]]] = {}
+        self._in_flight: dict[asyncio.Task[bool], tuple[str, Batch]] = {}
         self._stopping = False
         self._clickhouse_failing = False
 
@@ -132,18 +144,18 @@ class Flusher:
         if self._held:
             held, self._held = self._held, []
             for item in held:
-                await self._flush(item.batch_id, item.rows, "retry")
+                await self._flush(item.batch_id, item.batch, "retry")
             if self._held:  # both stores still failing: do not pile up more attempts
                 return
         while self.buffer.queued and not (full_only and self.buffer.queued < self.flush_events):
             await self._slots.acquire()
-            rows = self.buffer.take(self.flush_events)
-            if not rows:  # taken by stop() meanwhile
+            batch = self.buffer.take(self.flush_events)
+            if batch is None:  # taken by stop() meanwhile
                 self._slots.release()
                 break
             batch_id = uuid7()
-            task = asyncio.create_task(self._flush(batch_id, rows, reason))
-            self._in_flight[task] = (batch_id, rows)
+            task = asyncio.create_task(self._flush(batch_id, batch, reason))
+            self._in_flight[task] = (batch_id, batch)
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[bool]) -> None:
@@ -153,22 +165,22 @@ class Flusher:
             log.error("flush_task_failed", error=repr(task.exception()))
 
     async def _flush(
-        self, batch_id: str, rows: list[tuple], reason: str, timeout: float | None = None
+        self, batch_id: str, batch: Batch, reason: str, timeout: float | None = None
     ) -> bool:
         """Make one batch durable. Returns True when it is (in either store)."""
         started = time.perf_counter()
         try:
             if timeout is None:
-                await insert_rows(self.clickhouse, rows, batch_id)
+                await insert_batch(self.clickhouse, batch, batch_id)
             else:
-                await asyncio.wait_for(insert_rows(self.clickhouse, rows, batch_id), timeout)
+                await asyncio.wait_for(insert_batch(self.clickhouse, batch, batch_id), timeout)
         except (ClickHouseError, TimeoutError, OSError) as exc:
             err = classify(exc) if not isinstance(exc, TimeoutError) else None
             error = str(err) if err else f"ClickHouse insert timed out after {timeout:.1f}s"
             self._clickhouse_failing = True
-            return await self._park(batch_id, rows, error, reason, started, err)
+            return await self._park(batch_id, batch, error, reason, started, err)
         duration = time.perf_counter() - started
-        self.buffer.release(len(rows))
+        self.buffer.release(batch.count)
         self.state.clickhouse_ok()
         if self.state.fatal:
             self.state.clear_fatal()
@@ -176,16 +188,16 @@ class Flusher:
             self._clickhouse_failing = False
             if self.on_recovery:
                 self.on_recovery()
-        self.metrics.events_flushed.inc(len(rows))
-        self._log(log.info, batch_id, rows, duration, reason, "stored")
+        self.metrics.events_flushed.inc(batch.count)
+        self._log(log.info, batch_id, batch.count, duration, reason, "stored")
         if self.usage_hook is not no_usage:
-            report_usage(self.usage_hook, usage_counts(rows))
+            report_usage(self.usage_hook, batch_usage(batch))
         return True
 
     async def _park(
         self,
         batch_id: str,
-        rows: list[tuple],
+        batch: Batch,
         error: str,
         reason: str,
         started: float,
@@ -193,30 +205,31 @@ class Flusher:
     ) -> bool:
         retry_in = PARK_RETRY_TRANSIENT if err is None or err.transient else 0.0
         try:
+            rows = lines_to_rows(batch.data())
             await self.deadletter.park(batch_id, rows, error, retry_in=retry_in)
         except Exception as exc:
             duration = time.perf_counter() - started
-            self._held.append(_Held(batch_id, rows, error))
+            self._held.append(_Held(batch_id, batch, error))
             reason_text = f"ClickHouse: {error[:200]}; dead-letter table: {str(exc)[:200]}"
             self.state.set_fatal(reason_text)
-            self._log(log.error, batch_id, rows, duration, reason, "held", error=reason_text)
+            self._log(log.error, batch_id, batch.count, duration, reason, "held", error=reason_text)
             return False
         duration = time.perf_counter() - started
-        self.buffer.release(len(rows))
+        self.buffer.release(batch.count)
         self.state.postgres_ok()
         if self.state.fatal:
             self.state.clear_fatal()
         self.state.dlq_rows += 1
-        self.state.dlq_events += len(rows)
-        self.metrics.events_parked.inc(len(rows))
-        self._log(log.warning, batch_id, rows, duration, reason, "parked", error=error[:500])
+        self.state.dlq_events += batch.count
+        self.metrics.events_parked.inc(batch.count)
+        self._log(log.warning, batch_id, batch.count, duration, reason, "parked", error=error[:500])
         return True
 
     def _log(
         self,
         emit: Callable[..., None],
         batch_id: str,
-        rows: list[tuple],
+        events: int,
         duration: float,
         reason: str,
         outcome: str,
@@ -227,7 +240,7 @@ class Flusher:
         emit(
             "flush",
             batch_id=batch_id,
-            events=len(rows),
+            events=events,
             duration_ms=round(duration * 1000, 2),
             reason=reason,
             outcome=outcome,
@@ -243,32 +256,32 @@ class Flusher:
         self._stopping = True
         self.buffer.wake()
         deadline = time.monotonic() + grace
-        pending: list[tuple[str, list[tuple]]] = []
+        pending: list[tuple[str, Batch]] = []
         if self._in_flight:  # batches already handed over finish (or fail and park)
             await asyncio.wait(set(self._in_flight), timeout=grace)
             for task, batch in list(self._in_flight.items()):  # still stuck: park them
                 task.cancel()  # same batch id: if the insert lands after all, the
                 pending.append(batch)  # replay is deduplicated
             await asyncio.gather(*self._in_flight, return_exceptions=True)
-        pending += [(h.batch_id, h.rows) for h in self._held]
+        pending += [(h.batch_id, h.batch) for h in self._held]
         self._held = []
-        while self.buffer.queued:
-            pending.append((uuid7(), self.buffer.take(self.flush_events)))
+        while (batch := self.buffer.take(self.flush_events)) is not None:
+            pending.append((uuid7(), batch))
         lost = 0
-        for batch_id, rows in pending:
+        for batch_id, batch in pending:
             remaining = deadline - time.monotonic()
             if remaining > 0.05:
-                stored = await self._flush(batch_id, rows, "shutdown", timeout=remaining)
+                stored = await self._flush(batch_id, batch, "shutdown", timeout=remaining)
             else:
                 stored = await self._park(
                     batch_id,
-                    rows,
+                    batch,
                     "shutdown grace expired before ClickHouse took the batch",
                     "shutdown",
                     time.perf_counter(),
                     None,
                 )
             if not stored:
-                lost += len(rows)
+                lost += batch.count
         self._held = []  # counted in `lost` above
         return lost

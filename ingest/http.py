@@ -129,20 +129,21 @@ async def ingest(request: web.Request) -> web.Response:
     # invalid events' worth of room is left unused.)
     if buffer.pending + len(events) > buffer.capacity:
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
-    rows, errors, client_id_rows = validate_batch(events, project_id, received_at, sent_at)
-    if rows and not buffer.admit(rows, client_id_rows):
+    lines, errors, client_ids = validate_batch(events, project_id, received_at, sent_at)
+    if lines and not buffer.admit(lines, project_id, client_ids):
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
     metrics = svc.metrics
-    if rows:
-        metrics.events_accepted.inc(len(rows))
+    accepted = len(lines)
+    if accepted:
+        metrics.events_accepted.inc(accepted)
     if errors:
         for reason, count in Counter(e["reason"] for e in errors).items():
             metrics.events_rejected.labels(reason).inc(count)
-    info["accepted"] = len(rows)
+    info["accepted"] = accepted
     info["rejected"] = len(errors)
     return _json(
-        202 if rows else 200, {"accepted": len(rows), "rejected": len(errors), "errors": errors}
+        202 if accepted else 200, {"accepted": accepted, "rejected": len(errors), "errors": errors}
     )
 
 

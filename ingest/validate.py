@@ -2,8 +2,8 @@
 
 Enters: the parsed ``events`` list of one request, the project id, ``received_at`` (ms)
 and the envelope's optional ``sent_at`` (ms).
-Leaves: rows ready for ClickHouse (tuples in :data:`COLUMNS` order) and, for each bad
-event, ``{"index": i, "reason": "..."}``. A bad event never fails the batch.
+Leaves: one *row line* per good event — the bytes ClickHouse ingests (see below) — and,
+for each bad event, ``{"index": i, "reason": "..."}``. A bad event never fails the batch.
 
 Per event:
 
@@ -19,12 +19,24 @@ Per event:
   of the same event land once. Without it Sluice mints a UUIDv7.
 * anything else is folded into ``extras`` (an explicit ``extras`` object is the base,
   stray fields win on collision).
-* ``properties`` + ``extras`` must serialise to ≤ 32 KiB ("event too large").
+* the event's stored row (ids, name, ``properties``, ``extras``) must serialise to
+  ≤ 32 KiB ("event too large").
 
 Time: ``received_at`` is stamped once per request. With ``sent_at``, each timestamp is
 corrected for client clock skew (``timestamp + (received_at - sent_at)``); a result more
 than a day ahead of ``received_at`` is clamped to ``received_at``. Either way the
 client's original value is kept as ``extras.original_timestamp``.
+
+Row lines are ClickHouse's ``JSONCompactEachRow``: one JSON array per event in
+:data:`COLUMNS` order, newline-terminated — ids as 32 hex digits, ``timestamp`` and
+``received_at`` as epoch seconds with a millisecond fraction, ``properties`` and
+``extras`` as JSON objects, which ClickHouse stores byte for byte as the text of their
+String columns (``input_format_json_read_objects_as_strings``). One ``orjson.dumps`` per
+event builds it; the buffer and the flusher only concatenate lines, and ClickHouse's own
+parser reads them (measured: no Python-side row encoding, no pickling — ~1.5 µs less per
+event in the server and ~4 µs less in the engine process than tuples through
+clickhouse-connect). :func:`lines_to_rows` turns lines back into *pipeline rows* (tuples:
+UUIDs as ints, times as epoch ms, JSON as text) for the dead-letter payload.
 """
 
 from __future__ import annotations
@@ -68,7 +80,7 @@ EVENT_ID, PROJECT_ID, TIMESTAMP, RECEIVED_AT = 0, 1, 6, 7
 
 # Limits (documented in the README).
 MAX_EVENTS_PER_REQUEST = 10_000
-MAX_EVENT_BYTES = 32 * 1024  # properties + extras as stored JSON
+MAX_EVENT_BYTES = 32 * 1024  # one event's row line (properties + extras + the rest)
 MAX_NAME_CHARS = 200
 MAX_ID_CHARS = 200
 MIN_TIMESTAMP_MS = -2_208_988_800_000  # 1900-01-01, DateTime64's lower bound
@@ -157,10 +169,7 @@ def _client_id(event: dict, extras: dict) -> int | None:
     return found
 
 
-# orjson.dumps returns bytes that keep ~4 KB of allocator memory each while alive
-# (measured: 4,121 B per retained 191-byte result); the decoded str costs ~480 B. Buffered
-# events keep their JSON as str for that reason.
-_EMPTY = "{}"
+_LINE = orjson.OPT_APPEND_NEWLINE
 
 
 def validate_batch(
@@ -168,28 +177,25 @@ def validate_batch(
     project_id: int,
     received_at_ms: int,
     sent_at_ms: int | None = None,
-) -> tuple[list[tuple], list[dict[str, Any]], list[int]]:
+) -> tuple[list[bytes], list[dict[str, Any]], list[tuple[int, int]]]:
     """Validate one request's events for ``project_id`` (the UUID as an int).
 
-    Returns ``(rows, errors, client_id_rows)``: ``client_id_rows`` are indexes into
-    ``rows`` whose id came from the client (the only ones a client retry can repeat).
-
-    Row values are what the ClickHouse client encodes fastest and what costs least memory
-    while buffered: UUIDs as 128-bit ints, ``properties``/``extras`` as JSON text,
-    timestamps as epoch milliseconds.
+    Returns ``(lines, errors, client_ids)``: one row line per good event (see the module
+    docstring), the bad events, and ``(line index, id)`` for each event whose id came
+    from the client (the only ones a client retry can repeat).
     """
-    rows: list[tuple] = []
+    lines: list[bytes] = []
     errors: list[dict[str, Any]] = []
-    client_id_rows: list[int] = []
+    client_ids: list[tuple[int, int]] = []
     skew = received_at_ms - sent_at_ms if sent_at_ms is not None else 0
     id_high, id_base = uuid7_parts(received_at_ms)
+    id_prefix = format(id_high >> 64, "016x")  # minted ids: text of the shared high half
+    id_low = id_high & 0xFFFF_FFFF_FFFF_FFFF  # and the variant bits of the low half
+    project = format(project_id, "032x")
+    received = received_at_ms / 1000
     dumps = orjson.dumps
     known = _KNOWN
-    append = rows.append
-    # Names and ids repeat within a batch (one device, one session, a few event names):
-    # keep one string object per distinct value, ~60 B less per buffered event.
-    same = {}
-    share = same.setdefault
+    append = lines.append
     for index, event in enumerate(events):
         try:
             if type(event) is not dict:
@@ -237,32 +243,46 @@ def validate_batch(
             if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
                 raise Invalid("timestamp out of range")
 
+            if event_id is None:
+                eid = id_prefix + format(id_low | ((id_base + index) & MASK62), "016x")
+            else:
+                eid = format(event_id, "032x")
+            row = (eid, project, name, anonymous_id, user_id, session_id, ts / 1000, received,
+                   properties, extras)  # fmt: skip
             try:
-                props_json = dumps(properties).decode() if properties else _EMPTY
-                extras_json = dumps(extras).decode() if extras else _EMPTY
-            except TypeError:
+                line = dumps(row, option=_LINE)
+            except TypeError:  # a number orjson cannot write (beyond 64 bits)
                 raise Invalid("properties must be JSON") from None
-            if len(props_json) + len(extras_json) > MAX_EVENT_BYTES:
+            if len(line) > MAX_EVENT_BYTES:
                 raise Invalid("event too large")
         except Invalid as exc:
             errors.append({"index": index, "reason": str(exc)})
             continue
-        if event_id is None:
-            event_id = id_high | ((id_base + index) & MASK62)
-        else:
-            client_id_rows.append(len(rows))
-        append(
-            (
-                event_id,
-                project_id,
-                share(name, name),
-                anonymous_id and share(anonymous_id, anonymous_id),
-                user_id and share(user_id, user_id),
-                session_id and share(session_id, session_id),
-                ts,
-                received_at_ms,
-                props_json,
-                share(extras_json, extras_json),  # context fields repeat per device
-            )
-        )
-    return rows, errors, client_id_rows
+        if event_id is not None:
+            client_ids.append((len(lines), event_id))
+        append(line)
+    return lines, errors, client_ids
+
+
+def lines_to_rows(data: bytes) -> list[tuple]:
+    """Row lines (concatenated) → pipeline rows: UUIDs as ints, ``timestamp`` and
+    ``received_at`` as epoch milliseconds, ``properties``/``extras`` as the JSON text
+    ClickHouse stores for them (orjson writes back exactly the text it read: its own)."""
+    dumps = orjson.dumps
+    rows = []
+    for line in data.splitlines():
+        eid, pid, name, anon, user, sess, ts, received, props, extras = orjson.loads(line)
+        ts_ms, received_ms = round(ts * 1000), round(received * 1000)
+        props_json, extras_json = dumps(props).decode(), dumps(extras).decode()
+        rows.append((int(eid, 16), int(pid, 16), name, anon, user, sess, ts_ms, received_ms,
+                     props_json, extras_json))  # fmt: skip
+    return rows
+
+
+def validate_rows(
+    events: Sequence[Any], project_id: int, received_at_ms: int, sent_at_ms: int | None = None
+) -> tuple[list[tuple], list[dict[str, Any]]]:
+    """:func:`validate_batch`, with the good events as pipeline rows (dead-letter tools,
+    the benchmark's backlog, tests)."""
+    lines, errors, _ = validate_batch(events, project_id, received_at_ms, sent_at_ms)
+    return lines_to_rows(b"".join(lines)), errors

@@ -1,9 +1,15 @@
 """The child process that owns the embedded ClickHouse directory.
 
 ``sluice serve`` runs the embedded engine here rather than in a thread of its own: the
-ClickHouse client spends ~2 µs per row in Python building the insert, and in a thread
-that time is taken from the event loop under the GIL (measured: ingest halved and p99
-went to tens of milliseconds). In a child process it runs on the other core.
+engine's work (parsing, sorting, compressing, merging) and any Python around it would
+otherwise share the GIL with the event loop (measured with clickhouse-connect's row
+encoding in a thread: ingest halved and p99 went to tens of milliseconds). In a child
+process it runs on the other core.
+
+The ingest path's batches arrive as files of row lines (``insert_file``: the parent
+writes ``<directory>/.sluice-spool/*.jsonl`` and this process deletes each once
+inserted); only the path crosses the pipe. The dead-letter drain's stored documents
+(``insert_document``) and pipeline rows (``insert``) go through clickhouse-connect.
 
 Protocol, over the child's stdin/stdout: frames of an 8-byte little-endian length and a
 pickle. Requests are ``(id, op, args, kwargs)``; replies ``(id, ok, value)``, where a
@@ -44,6 +50,12 @@ def write_frame(stream: BinaryIO, value: Any) -> None:
     stream.flush()
 
 
+def _quote(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
     if op == "insert":
         table, columns, names, types, token = args
@@ -56,6 +68,20 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
             settings={"insert_deduplication_token": token},
         )
         return len(columns[0]) if columns else 0
+    if op == "insert_file":
+        from storage.clickhouse import JSON_LINE_SETTINGS
+
+        table, path, names, token = args
+        settings = {"insert_deduplication_token": token, **JSON_LINE_SETTINGS}
+        try:
+            client.command(
+                f"INSERT INTO {table} ({', '.join(names)}) FROM INFILE {_quote(path)} "
+                f"SETTINGS {', '.join(f'{k} = {_quote(v)}' for k, v in settings.items())} "
+                "FORMAT JSONCompactEachRow"
+            )
+        finally:
+            os.unlink(path)
+        return None
     if op == "insert_document":
         from storage.clickhouse import count_values, document_columns
 

@@ -4,6 +4,7 @@ HTTP transport's failure paths against real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -13,8 +14,16 @@ from pathlib import Path
 import pytest
 from support import clickhouse_rows, free_port
 
-from ingest.flush import insert_rows
-from ingest.validate import validate_batch
+from ingest.flush import TABLE, insert_rows
+from ingest.ids import uuid_str
+from ingest.validate import (
+    COLUMNS,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    lines_to_rows,
+    validate_batch,
+    validate_rows,
+)
 from storage.clickhouse import ClickHouseError, HttpClickHouse, classify, open_clickhouse
 from storage.migrations import clickhouse_up
 
@@ -23,7 +32,7 @@ def rows_for(n: int) -> list[tuple]:
     project = uuid.uuid4().int
     now = int(time.time() * 1000)
     events = [{"event": "e", "timestamp": now - i} for i in range(n)]
-    rows, errors, _ = validate_batch(events, project, now)
+    rows, errors = validate_rows(events, project, now)
     assert not errors
     return rows
 
@@ -51,6 +60,61 @@ def test_same_batch_replayed_with_its_token_lands_once(tmp_path: Path) -> None:
     clickhouse_rows(path, "OPTIMIZE TABLE events_raw_v1 FINAL")
     assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1") == [(50,)]
     assert clickhouse_rows(path, "SELECT uniqExact(event_id) FROM events_raw_v1") == [(50,)]
+
+
+TRICKY = {
+    "text": 'é — 😀 "quoted" back\\slash\nnew line\ttab \u0001 \u2028 </script>',
+    "numbers": [0, -1, 0.1, 1e-7, 1.5e300, -2.5, 2**63, -(2**63), 2**64 - 1],
+    "flags": [True, False, None],
+    "nested": {"a": {"b": [[], {}, ""]}, "ключ": "значение"},
+}
+
+
+def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Path) -> None:
+    """The ingest path inserts validation's row lines as they are; the dead-letter
+    payload is made from the same lines by lines_to_rows. Both must agree on every value,
+    byte for byte, or a replayed batch would differ from a flushed one."""
+    path = tmp_path / "ch"
+    now = 1_795_000_000_000
+    events = [
+        {"event": "tricky", "timestamp": now, "properties": TRICKY, "context": TRICKY,
+         "uuid": str(uuid.uuid4()), "anonymousId": "a\"b", "user_id": 7},
+        {"event": "ε", "timestamp": MIN_TIMESTAMP_MS, "sessionId": "s"},
+        {"event": "late", "timestamp": MAX_TIMESTAMP_MS - 1},
+        {"event": "epoch", "timestamp": 0},
+        {"event": "before-epoch", "timestamp": "1969-12-31T23:59:59.999Z"},
+        {"event": "skewed", "timestamp": now - 1, "properties": {"x": 1.0}},
+    ]  # fmt: skip
+    lines, errors, _ = validate_batch(events, uuid.uuid4().int, now, sent_at_ms=now - 5)
+    assert errors == []
+    data = b"".join(lines)
+    token = str(uuid.uuid4())
+
+    async def run() -> None:
+        ch = await open_clickhouse(f"chdb://{path}")
+        try:
+            await clickhouse_up(ch)
+            await ch.insert_lines(TABLE, lines, COLUMNS, token)
+            replay = [b"".join(lines[:2]), *lines[2:]]  # same lines, other chunks: a no-op
+            await ch.insert_lines(TABLE, replay, COLUMNS, token)
+        finally:
+            await ch.close()
+
+    asyncio.run(run())
+    stored = clickhouse_rows(
+        path,
+        "SELECT toString(event_id), toString(project_id), event, anonymous_id, user_id, "
+        "session_id, toUnixTimestamp64Milli(timestamp), toUnixTimestamp64Milli(received_at), "
+        "properties, extras FROM events_raw_v1",
+    )
+    expected = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in lines_to_rows(data)]
+    assert sorted(stored) == sorted(expected)
+    assert len(stored) == len(events)
+    by_name = {r[2]: r for r in expected}
+    assert by_name["ε"][6] == MIN_TIMESTAMP_MS + 5 and by_name["late"][6] == now  # clamped
+    assert by_name["before-epoch"][6] == -1 + 5
+    assert json.loads(by_name["tricky"][8]) == json.loads(json.dumps(TRICKY))
+    assert str(uuid.UUID(events[0]["uuid"])) == by_name["tricky"][0]
 
 
 def test_dedup_token_survives_a_restart_of_the_engine(tmp_path: Path) -> None:
@@ -137,12 +201,25 @@ def error_500_listener() -> Iterator[int]:
     server.server_close()
 
 
-def _insert_via_http(url: str) -> ClickHouseError:
+def lines_for(n: int) -> bytes:
+    now = int(time.time() * 1000)
+    lines, errors, _ = validate_batch([{"event": "e", "timestamp": now}] * n, 1, now)
+    assert not errors
+    return b"".join(lines)
+
+
+INSERTS = {  # both insert paths: row lines (ingest), columns (dead-letter replays)
+    "lines": lambda ch, token: ch.insert_lines(TABLE, [lines_for(2)], COLUMNS, token),
+    "rows": lambda ch, token: insert_rows(ch, rows_for(2), token),
+}
+
+
+def _insert_via_http(url: str, how: str) -> ClickHouseError:
     async def run() -> ClickHouseError:
         ch = HttpClickHouse(url)
         try:
             with pytest.raises(ClickHouseError) as err:
-                await insert_rows(ch, rows_for(2), str(uuid.uuid4()))
+                await INSERTS[how](ch, str(uuid.uuid4()))
             return err.value
         finally:
             await ch.close()
@@ -150,20 +227,24 @@ def _insert_via_http(url: str) -> ClickHouseError:
     return asyncio.run(run())
 
 
-def test_closed_port_is_transient() -> None:
-    err = _insert_via_http(f"http://127.0.0.1:{free_port()}/default")
+@pytest.mark.parametrize("how", INSERTS)
+def test_closed_port_is_transient(how: str) -> None:
+    err = _insert_via_http(f"http://127.0.0.1:{free_port()}/default", how)
     assert err.transient
 
 
-def test_listener_that_never_answers_times_out_as_transient(silent_listener: int) -> None:
+@pytest.mark.parametrize("how", INSERTS)
+def test_listener_that_never_answers_times_out_as_transient(silent_listener: int, how: str) -> None:
     started = time.monotonic()
     err = _insert_via_http(
-        f"http://127.0.0.1:{silent_listener}/default?connect_timeout=1&send_receive_timeout=1"
+        f"http://127.0.0.1:{silent_listener}/default?connect_timeout=1&send_receive_timeout=1",
+        how,
     )
     assert err.transient
     assert time.monotonic() - started < 15
 
 
-def test_server_answering_500_is_transient(error_500_listener: int) -> None:
-    err = _insert_via_http(f"http://127.0.0.1:{error_500_listener}/default")
+@pytest.mark.parametrize("how", INSERTS)
+def test_server_answering_500_is_transient(error_500_listener: int, how: str) -> None:
+    err = _insert_via_http(f"http://127.0.0.1:{error_500_listener}/default", how)
     assert err.transient

@@ -25,7 +25,7 @@ from ingest.flush import Flusher
 from ingest.ids import uuid_str
 from ingest.metrics import Metrics
 from ingest.state import State
-from ingest.validate import validate_batch
+from ingest.validate import validate_batch, validate_rows
 from storage.clickhouse import ClickHouse, HttpClickHouse, open_clickhouse
 from storage.migrations import clickhouse_up, postgres_up
 from storage.postgres import create_pool
@@ -50,11 +50,18 @@ async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
 def make_rows(n: int, project: int | None = None, name: str = "e") -> list[tuple]:
     project = project or uuid.uuid4().int
     now = int(time.time() * 1000)
-    rows, errors, _ = validate_batch(
+    rows, errors = validate_rows(
         [{"event": name, "timestamp": now - i} for i in range(n)], project, now
     )
     assert not errors
     return rows
+
+
+def make_lines(n: int, project: int) -> list[bytes]:
+    now = int(time.time() * 1000)
+    lines, errors, _ = validate_batch([{"event": "e", "timestamp": now}] * n, project, now)
+    assert not errors
+    return lines
 
 
 def drain_for(pool, ch, usage=None, limit: int = 10) -> tuple[Drain, State, Metrics]:
@@ -75,11 +82,25 @@ async def test_flusher_stores_a_batch_and_reports_usage_once_per_event(pool, ch)
     flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_events=100,
                       flush_interval=1, usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
     a, b = uuid.uuid4().int, uuid.uuid4().int
-    assert buffer.admit(make_rows(150, a)) and buffer.admit(make_rows(30, b))
+    assert buffer.admit(make_lines(150, a), a) and buffer.admit(make_lines(30, b), b)
     await flusher.flush_pending(reason="test")
     assert buffer.pending == 0
     assert await count(ch) == 180
     assert usage == {uuid_str(a): 150, uuid_str(b): 30}
+
+
+def test_buffer_hands_out_batches_of_exactly_flush_events_splitting_a_request() -> None:
+    buffer = Buffer(1000, 100)
+    a, b = uuid.uuid4().int, uuid.uuid4().int
+    sent = make_lines(150, a) + make_lines(30, b)
+    assert buffer.admit(sent[:150], a) and buffer.admit(sent[150:], b)
+    assert not buffer.admit(make_lines(821, a), a)  # all or nothing: 180 + 821 > 1000
+    first, second = buffer.take(100), buffer.take(100)
+    assert buffer.take(100) is None
+    assert (first.count, first.projects) == (100, {a: 100})
+    assert (second.count, second.projects) == (80, {a: 50, b: 30})
+    assert first.data() + second.data() == b"".join(sent)  # every line once, in order
+    assert buffer.queued == 0 and buffer.pending == 180  # durable only once released
 
 
 async def test_drain_replays_a_parked_batch_once_keeps_received_at_and_reports_usage(

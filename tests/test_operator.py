@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import SLUICE, db_name, event, request
 
 from ingest.deadletter import DeadLetter
-from ingest.validate import validate_batch
+from ingest.validate import validate_rows
 from storage.migrations import postgres_up
 from storage.postgres import create_pool
 
@@ -31,7 +31,7 @@ def park(dsn: str, batches: list[int], quarantine: int = 0) -> list[str]:
             ids = []
             for i, size in enumerate(batches):
                 now = int(time.time() * 1000)
-                rows, _, _ = validate_batch(
+                rows, _ = validate_rows(
                     [{"event": f"e{i}", "timestamp": now} for _ in range(size)],
                     uuid.uuid4().int, now,
                 )  # fmt: skip

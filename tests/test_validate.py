@@ -7,14 +7,21 @@ import uuid
 
 import pytest
 
-from ingest.validate import COLUMNS, MAX_EVENT_BYTES, parse_timestamp, validate_batch
+from ingest.validate import (
+    COLUMNS,
+    MAX_EVENT_BYTES,
+    lines_to_rows,
+    parse_timestamp,
+    validate_batch,
+    validate_rows,
+)
 
 PROJECT = uuid.uuid4().int
 NOW = 1_795_000_000_000  # 2026-11-18T...
 
 
 def one(event: dict, sent_at: int | None = None) -> dict:
-    rows, errors, _ = validate_batch([event], PROJECT, NOW, sent_at)
+    rows, errors = validate_rows([event], PROJECT, NOW, sent_at)
     assert errors == [], errors
     row = dict(zip(COLUMNS, rows[0], strict=True))
     row["properties"] = json.loads(row["properties"])
@@ -42,7 +49,7 @@ def test_bad_events_are_rejected_by_index_with_a_reason_and_the_rest_kept() -> N
         {"event": "x", "timestamp": NOW, "extras": "str"},
         {"event": "ok2", "timestamp": "2026-11-01T00:00:00Z"},
     ]
-    rows, errors, _ = validate_batch(events, PROJECT, NOW)
+    rows, errors = validate_rows(events, PROJECT, NOW)
     assert [r[2] for r in rows] == ["ok", "ok2"]
     assert errors == [
         {"index": 1, "reason": "event required"},
@@ -82,12 +89,14 @@ def test_stray_fields_fold_into_extras_and_win_over_explicit_extras() -> None:
 
 def test_client_ids_are_kept_and_others_minted_as_uuid7() -> None:
     given = str(uuid.uuid4())
-    rows, _, client_rows = validate_batch(
+    lines, _, client_ids = validate_batch(
         [{"event": "a", "timestamp": NOW, "messageId": given.upper()},
          {"event": "b", "timestamp": NOW}],
         PROJECT, NOW,
     )  # fmt: skip
-    assert uuid.UUID(int=rows[0][0]) == uuid.UUID(given) and client_rows == [0]
+    rows = lines_to_rows(b"".join(lines))
+    assert uuid.UUID(int=rows[0][0]) == uuid.UUID(given)
+    assert client_ids == [(0, uuid.UUID(given).int)]
     minted = uuid.UUID(int=rows[1][0])
     assert minted.version == 7
     assert int(minted.hex[:12], 16) == NOW  # time-ordered: the accept time in ms

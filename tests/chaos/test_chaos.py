@@ -289,7 +289,7 @@ def test_7_two_servers_on_one_postgres_drain_one_backlog_exactly_once(
 ) -> None:
     from ingest.deadletter import DeadLetter
     from ingest.ids import uuid_str
-    from ingest.validate import validate_batch
+    from ingest.validate import validate_rows
     from storage.migrations import postgres_up
     from storage.postgres import create_pool
 
@@ -303,7 +303,7 @@ def test_7_two_servers_on_one_postgres_drain_one_backlog_exactly_once(
         try:
             await postgres_up(pool)
             for _ in range(80):
-                rows, _, _ = validate_batch(
+                rows, _ = validate_rows(
                     [{"event": "b", "timestamp": now} for _ in range(100)], project, now
                 )
                 await DeadLetter(pool).park(str(uuid.uuid4()), rows, "outage")
