@@ -18,8 +18,8 @@ def test_defaults_match_the_documented_table() -> None:
         "/data/clickhouse"
     )
     assert config.database_url is None
-    assert config.event_buffer == 50_000
-    assert config.flush_events == 5_000
+    assert config.event_buffer == 100_000
+    assert config.flush_events == 20_000
     assert config.flush_interval == 2.0
     assert config.shutdown_grace == 10.0
     assert config.ingest_disabled is False

@@ -350,7 +350,7 @@ def test_healthz_ok_shape(start_server) -> None:
     body = resp.json()
     assert body["status"] == "ok" and body["version"]
     assert (body["ingest_disabled"], body["fatal"], body["dlq_depth"]) == (False, False, 0)
-    assert body["buffer"] == {"pending": 0, "capacity": 50_000}
+    assert body["buffer"] == {"pending": 0, "capacity": 100_000}
     for _ in range(5):
         server.healthz()
     assert not [e for e in server.log_events("request") if e["path"] == "/healthz"]

@@ -139,7 +139,7 @@ def test_metrics_parse_and_count_what_happened(start_server, project) -> None:
     assert values[("sluice_http_requests_total", (("route", route), ("status", "401")))] == 1
     assert values[("sluice_events_accepted_total", ())] == 2
     assert values[("sluice_events_rejected_total", (("reason", "timestamp required"),))] == 1
-    assert values[("sluice_buffer_capacity_events", ())] == 50_000
+    assert values[("sluice_buffer_capacity_events", ())] == 100_000
     assert values[("sluice_fatal", ())] == 0
     assert values[("sluice_dlq_depth_rows", ())] == 0
     assert values[("sluice_token_cache_misses", ())] >= 1
