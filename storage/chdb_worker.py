@@ -58,6 +58,8 @@ def _quote(value: Any) -> str:
 
 def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
     if op == "insert":
+        from storage.clickhouse import INSERT_SETTINGS
+
         table, columns, names, types, token = args
         client.insert(
             table,
@@ -65,7 +67,7 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
             column_names=names,
             column_type_names=types,
             column_oriented=True,
-            settings={"insert_deduplication_token": token},
+            settings={"insert_deduplication_token": token, **INSERT_SETTINGS},
         )
         return len(columns[0]) if columns else 0
     if op == "insert_file":

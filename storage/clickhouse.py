@@ -62,9 +62,13 @@ _ERROR_NAME = re.compile(r"\(([A-Z_]{4,})\)")
 # long to notice a dead server. Either can be overridden in the URL's query string.
 DEFAULT_CONNECT_TIMEOUT = 5
 DEFAULT_SEND_RECEIVE_TIMEOUT = 30
-# Settings of every row-line insert: a JSON object bound for a String column is stored as
-# its text (the default in ClickHouse ≥ 23, set so a server's profile cannot change it).
-JSON_LINE_SETTINGS = {"input_format_json_read_objects_as_strings": 1}
+# Settings of every insert: a batch whose events span more than 100 months (a backfill)
+# is stored, not refused — ClickHouse's default refusal would be classified transient and
+# the batch retried forever.
+INSERT_SETTINGS = {"throw_on_max_partitions_per_insert_block": 0}
+# And of every row-line insert: a JSON object bound for a String column is stored as its
+# text (the default in ClickHouse ≥ 23, set so a server's profile cannot change it).
+JSON_LINE_SETTINGS = {"input_format_json_read_objects_as_strings": 1, **INSERT_SETTINGS}
 SPOOL_DIR = ".sluice-spool"  # in the embedded engine's directory: row lines being inserted
 
 
@@ -445,7 +449,7 @@ class HttpClickHouse(ClickHouse):
             column_names=list(column_names),
             column_type_names=list(column_types),
             column_oriented=True,
-            settings={"insert_deduplication_token": dedup_token},
+            settings={"insert_deduplication_token": dedup_token, **INSERT_SETTINGS},
         )
         return len(columns[0]) if columns else 0
 

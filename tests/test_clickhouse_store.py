@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,35 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
     assert by_name["before-epoch"][6] == -1 + 5
     assert json.loads(by_name["tricky"][8]) == json.loads(json.dumps(TRICKY))
     assert str(uuid.UUID(events[0]["uuid"])) == by_name["tricky"][0]
+
+
+def test_a_backfill_spanning_more_than_100_months_is_stored_by_both_insert_paths(
+    tmp_path: Path,
+) -> None:
+    """ClickHouse refuses an insert touching > 100 partitions (months) by default; that
+    refusal reads as transient, so such a batch would be retried for ever."""
+    path = tmp_path / "ch"
+    months = [int(datetime(2000 + m // 12, m % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
+              for m in range(120)]  # fmt: skip
+    events = [{"event": "backfill", "timestamp": ts} for ts in months]
+    now = int(time.time() * 1000)
+    lines, errors, _ = validate_batch(events, uuid.uuid4().int, now)
+    rows, _ = validate_rows(events, uuid.uuid4().int, now)
+    assert not errors
+
+    async def run() -> None:
+        ch = await open_clickhouse(f"chdb://{path}")
+        try:
+            await clickhouse_up(ch)
+            await ch.insert_lines(TABLE, lines, COLUMNS, str(uuid.uuid4()))
+            await insert_rows(ch, rows, str(uuid.uuid4()))
+        finally:
+            await ch.close()
+
+    asyncio.run(run())
+    assert clickhouse_rows(
+        path, "SELECT count(), uniqExact(toYYYYMM(timestamp)) FROM events_raw_v1"
+    ) == [(240, 120)]
 
 
 def test_dedup_token_survives_a_restart_of_the_engine(tmp_path: Path) -> None:
