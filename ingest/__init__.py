@@ -6,12 +6,13 @@
         │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
         ▼
     validate ── bad events rejected by index, with a reason        ingest/validate.py
-        │  rows (ClickHouse column values, received_at stamped once)
+        │  row lines (JSONCompactEachRow, received_at stamped once) per request
         ▼
     buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py
         │  batches of ≤ INGEST_FLUSH_EVENTS, or every INGEST_FLUSH_INTERVAL
         ▼
     flush ───── one INSERT per batch, batch id = dedup token       ingest/flush.py
+        │  (ClickHouse parses the lines; nothing is re-encoded in Python)
         │ ok → ClickHouse events_raw_v1 (+ usage hook)
         │ fail ↓
     dead-letter  one failed_events row per batch (Postgres)        ingest/deadletter.py
