@@ -25,7 +25,13 @@ from ingest.validate import (
     validate_batch,
     validate_rows,
 )
-from storage.clickhouse import ClickHouseError, HttpClickHouse, classify, open_clickhouse
+from storage.clickhouse import (
+    SPOOL_DIR,
+    ClickHouseError,
+    HttpClickHouse,
+    classify,
+    open_clickhouse,
+)
 from storage.migrations import clickhouse_up
 
 
@@ -145,6 +151,26 @@ def test_a_backfill_spanning_more_than_100_months_is_stored_by_both_insert_paths
     assert clickhouse_rows(
         path, "SELECT count(), uniqExact(toYYYYMM(timestamp)) FROM events_raw_v1"
     ) == [(240, 120)]
+
+
+def test_spool_files_are_removed_after_each_insert_and_leftovers_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "ch"
+    spool = path / SPOOL_DIR
+    spool.mkdir(parents=True)
+    (spool / "999-0.jsonl").write_bytes(b"left by a killed server\n")
+
+    async def run() -> list[str]:
+        ch = await open_clickhouse(f"chdb://{path}")
+        try:
+            left = sorted(p.name for p in spool.iterdir())
+            await clickhouse_up(ch)
+            await ch.insert_lines(TABLE, [lines_for(5)], COLUMNS, str(uuid.uuid4()))
+            return left + sorted(p.name for p in spool.iterdir())
+        finally:
+            await ch.close()
+
+    assert asyncio.run(run()) == []
+    assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1") == [(5,)]
 
 
 def test_dedup_token_survives_a_restart_of_the_engine(tmp_path: Path) -> None:
