@@ -103,7 +103,7 @@ class Buffer:
         ``client_ids`` are ``(line index, id)`` of events whose id the client supplied;
         one already admitted is acknowledged but not queued again (a client retry).
         """
-        keys: list[tuple[int, int]] = []
+        keys: list[Key] = []
         if client_ids:
             drop = set()
             seen: set[int] = set()
