@@ -282,7 +282,8 @@ def lines_to_rows(data: bytes) -> list[tuple]:
 def validate_rows(
     events: Sequence[Any], project_id: int, received_at_ms: int, sent_at_ms: int | None = None
 ) -> tuple[list[tuple], list[dict[str, Any]]]:
-    """:func:`validate_batch`, with the good events as pipeline rows (dead-letter tools,
-    the benchmark's backlog, tests)."""
+    """:func:`validate_batch`, with the good events as pipeline rows: what a caller that
+    parks events directly in the dead-letter table needs (the benchmark's backlog,
+    tests)."""
     lines, errors, _ = validate_batch(events, project_id, received_at_ms, sent_at_ms)
     return lines_to_rows(b"".join(lines)), errors
