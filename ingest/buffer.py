@@ -96,9 +96,14 @@ class Buffer:
         return self.pending + self.typical_request > self.capacity
 
     def admit(
-        self, lines: list[bytes], project_id: int, client_ids: Sequence[tuple[int, int]] = ()
+        self,
+        data: bytes,
+        count: int,
+        project_id: int,
+        client_ids: Sequence[tuple[int, int]] = (),
     ) -> bool:
-        """Take all of ``lines`` or none. ``False`` means the buffer is full.
+        """Take all ``count`` row lines in ``data`` or none. ``False`` means the buffer
+        is full.
 
         ``client_ids`` are ``(line index, id)`` of events whose id the client supplied;
         one already admitted is acknowledged but not queued again (a client retry).
@@ -114,18 +119,19 @@ class Buffer:
                     seen.add(event_id)
                     keys.append((project_id, event_id))
             if drop:
-                lines = [line for i, line in enumerate(lines) if i not in drop]
-        n = len(lines)
-        if self.pending + n > self.capacity:
+                lines = data.split(b"\n")[:count]
+                data = b"".join(line + b"\n" for i, line in enumerate(lines) if i not in drop)
+                count -= len(drop)
+        if self.pending + count > self.capacity:
             return False
         self.duplicates_dropped += len(client_ids) - len(keys)
         for key in keys:
             self._recent.add(key)
-        self.typical_request += (n - self.typical_request) * 0.05
-        if n:
-            self._chunks.append((b"".join(lines), n, project_id))
-            self._queued += n
-            self.pending += n
+        self.typical_request += (count - self.typical_request) * 0.05
+        if count:
+            self._chunks.append((data, count, project_id))
+            self._queued += count
+            self.pending += count
             if self._queued >= self.flush_events:
                 self._ready.set()
         return True

@@ -25,14 +25,20 @@ from aiohttp.web_protocol import RequestPayloadError
 from ingest import __version__
 from ingest.ids import uuid_str
 from ingest.metrics import CONTENT_TYPE
-from ingest.validate import MAX_EVENTS_PER_REQUEST, Invalid, parse_timestamp, validate_batch
+from ingest.validate import (
+    MAX_EVENTS_PER_REQUEST,
+    BadRequest,
+    Invalid,
+    decode_request,
+    parse_timestamp,
+    validate,
+)
 
 log = structlog.get_logger("sluice.http")
 
 INGEST_PATH = "/api/v1/ingest/events"
 CORS_PATHS = frozenset((INGEST_PATH, "/healthz"))
 QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
-ENVELOPE_KEYS = frozenset(("token", "events", "sent_at"))
 READY_STALE_SECONDS = 30.0  # /readyz: a store must have answered this recently
 
 SERVICE: web.AppKey[Any] = web.AppKey("service", object)
@@ -80,21 +86,10 @@ async def ingest(request: web.Request) -> web.Response:
         return _error(400, f"could not decode the request body ({exc.args[0] if exc.args else exc})"
                       .replace("\n", " "))  # fmt: skip
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
-    if type(payload) is not dict:
-        return _error(400, 'body must be a JSON object: {"token": ..., "events": [...]}')
-    unknown = payload.keys() - ENVELOPE_KEYS
-    if unknown:
-        return _error(
-            400,
-            f"unknown envelope key(s): {', '.join(sorted(unknown))}; "
-            "allowed: token, events, sent_at (event fields go inside each event)",
-        )
-    events = payload.get("events")
-    if type(events) is not list:
-        return _error(400, "events must be a list" if "events" in payload else "events required")
+        envelope = decode_request(body)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    events = envelope.events
     if len(events) > MAX_EVENTS_PER_REQUEST:
         return _error(
             400,
@@ -102,7 +97,7 @@ async def ingest(request: web.Request) -> web.Response:
             "split the batch",
         )
 
-    token = payload.get("token")
+    token = envelope.token
     if token is None:
         token = _bearer(request)
     if type(token) is not str:
@@ -117,7 +112,7 @@ async def ingest(request: web.Request) -> web.Response:
     info["project"] = uuid_str(project_id)
 
     received_at = time.time_ns() // 1_000_000
-    sent_at = payload.get("sent_at")
+    sent_at = envelope.sent_at
     if sent_at is not None:
         try:
             sent_at = parse_timestamp(sent_at)
@@ -129,12 +124,11 @@ async def ingest(request: web.Request) -> web.Response:
     # invalid events' worth of room is left unused.)
     if buffer.pending + len(events) > buffer.capacity:
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
-    lines, errors, client_ids = validate_batch(events, project_id, received_at, sent_at)
-    if lines and not buffer.admit(lines, project_id, client_ids):
+    data, accepted, errors, client_ids = validate(events, project_id, received_at, sent_at)
+    if accepted and not buffer.admit(data, accepted, project_id, client_ids):
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
 
     metrics = svc.metrics
-    accepted = len(lines)
     if accepted:
         metrics.events_accepted.inc(accepted)
     if errors:

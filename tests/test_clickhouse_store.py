@@ -21,7 +21,9 @@ from ingest.validate import (
     COLUMNS,
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
+    decode_request,
     lines_to_rows,
+    validate,
     validate_batch,
     validate_rows,
 )
@@ -94,6 +96,13 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
     ]  # fmt: skip
     lines, errors, _ = validate_batch(events, uuid.uuid4().int, now, sent_at_ms=now - 5)
     assert errors == []
+    # Object text exactly as a client wrote it (spaces, escapes, exponent, a big int).
+    body = (b'{"events": [{"event": "as-sent", "timestamp": 1, "properties": '
+            b'{"a" : 1e2, "b":"\\u00e9\\"", "c": 123456789012345678901234567890 },'
+            b' "extras": { "k" : [ ] }}]}')  # fmt: skip
+    verbatim = validate(decode_request(body).events, uuid.uuid4().int, now)
+    assert verbatim.count == 1
+    lines.append(verbatim.data)
     data = b"".join(lines)
     token = str(uuid.uuid4())
 
@@ -116,8 +125,12 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
     )
     expected = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in lines_to_rows(data)]
     assert sorted(stored) == sorted(expected)
-    assert len(stored) == len(events)
+    assert len(stored) == len(events) + 1
     by_name = {r[2]: r for r in expected}
+    assert by_name["as-sent"][8:] == (
+        '{"a" : 1e2, "b":"\\u00e9\\"", "c": 123456789012345678901234567890 }',
+        '{ "k" : [ ] }',
+    )
     assert by_name["ε"][6] == MIN_TIMESTAMP_MS + 5 and by_name["late"][6] == now  # clamped
     assert by_name["before-epoch"][6] == -1 + 5
     assert json.loads(by_name["tricky"][8]) == json.loads(json.dumps(TRICKY))

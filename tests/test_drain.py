@@ -64,6 +64,10 @@ def make_lines(n: int, project: int) -> list[bytes]:
     return lines
 
 
+def admit(buffer: Buffer, lines: list[bytes], project: int) -> bool:
+    return buffer.admit(b"".join(lines), len(lines), project)
+
+
 def drain_for(pool, ch, usage=None, limit: int = 10) -> tuple[Drain, State, Metrics]:
     state, metrics = State(), Metrics()
     kwargs = {"usage_hook": usage} if usage else {}
@@ -82,7 +86,7 @@ async def test_flusher_stores_a_batch_and_reports_usage_once_per_event(pool, ch)
     flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_events=100,
                       flush_interval=1, usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
     a, b = uuid.uuid4().int, uuid.uuid4().int
-    assert buffer.admit(make_lines(150, a), a) and buffer.admit(make_lines(30, b), b)
+    assert admit(buffer, make_lines(150, a), a) and admit(buffer, make_lines(30, b), b)
     await flusher.flush_pending(reason="test")
     assert buffer.pending == 0
     assert await count(ch) == 180
@@ -93,8 +97,8 @@ def test_buffer_hands_out_batches_of_exactly_flush_events_splitting_a_request() 
     buffer = Buffer(1000, 100)
     a, b = uuid.uuid4().int, uuid.uuid4().int
     sent = make_lines(150, a) + make_lines(30, b)
-    assert buffer.admit(sent[:150], a) and buffer.admit(sent[150:], b)
-    assert not buffer.admit(make_lines(821, a), a)  # all or nothing: 180 + 821 > 1000
+    assert admit(buffer, sent[:150], a) and admit(buffer, sent[150:], b)
+    assert not admit(buffer, make_lines(821, a), a)  # all or nothing: 180 + 821 > 1000
     first, second = buffer.take(100), buffer.take(100)
     assert buffer.take(100) is None
     assert (first.count, first.projects) == (100, {a: 100})
