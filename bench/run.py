@@ -6,15 +6,26 @@ generator for the baseline), and writes bench/results/latest.json plus a table.
 
 Phases:
   baseline   bare aiohttp echo of the same body, wrk -t2 -c64          → baseline_rps
-  accept     Sluice at saturation, 100-event batches, ≥ 20 s           → accept_rps,
-             then SIGTERM; rows in ClickHouse ÷ wall time              → landed_events_per_s
-  latency    open loop at half of accept_rps                           → p50_ms, p99_ms
+  accept     Sluice at saturation, 100-event batches, into a ClickHouse
+             that keeps up (events_raw_v1 as ENGINE = Null, see below)  → accept_rps
+  sustained  the same load into the real table, ≥ 20 s, then SIGTERM;
+             rows in ClickHouse ÷ wall time                            → landed_events_per_s
+  latency    open loop at half of the sustained saturating rate        → p50_ms, p99_ms
   shapes     1-event, 5,000-event, gzip and 10%-invalid bodies (one row each)
   memory     RSS idle, and with the default buffer (INGEST_EVENT_BUFFER) full
   drain      a 1,000,000-event dead-letter backlog replayed            → drain_events_per_s
-Every phase ends with the server stopped and ClickHouse counted: `loss` is events
-answered 202 and missing from ClickHouse; `errors` is responses other than 2xx/503
-plus transport errors.
+Every phase with storage ends with the server stopped and ClickHouse counted: `loss` is
+events answered 202 and missing from ClickHouse; `errors` is responses other than
+2xx/503 plus transport errors.
+
+Why a Null table for `accept_rps`: the issue asks for Sluice's accept path "sending to a
+ClickHouse that keeps up". The embedded engine shares the two cores with Sluice and wrk,
+and its background merges alone take ~40% of a core at 200k events/s, so against the real
+table the figure measures the engine's storage cost on this box, not the accept path (in
+production ClickHouse runs elsewhere). With ENGINE = Null the whole write path still runs —
+spool files, the engine process, ClickHouse parsing every row line — only nothing is
+stored; the server's flushed counter must equal its accepted counter. The same load
+against the real table is reported too (`accept_rps_stored`, `accept_ratio_stored`).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -218,7 +230,30 @@ def phase_baseline(body: Path) -> dict:
         proc.wait()
 
 
+def null_sink(data_dir: Path) -> None:
+    """Create ``data_dir``'s events_raw_v1 as ``ENGINE = Null`` (same columns), before
+    Sluice's migrations run: they create the table only if it does not exist."""
+    ddl = (ROOT / "migrations" / "clickhouse" / "0001_events_raw_v1.sql").read_text()
+    ddl = re.split(r"\bENGINE\s*=", ddl)[0] + "ENGINE = Null"
+    code = ("import sys, clickhouse_connect\n"
+            "c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1])\n"
+            "c.command(sys.argv[2])\nc.close()\n")  # fmt: skip
+    (data_dir / "clickhouse").mkdir(parents=True, exist_ok=True)
+    subprocess.run([PY, "-c", code, str(data_dir / "clickhouse"), ddl], check=True)
+
+
 def phase_accept(data_dir: Path, token: str, body: Path, valid: int) -> dict:
+    """Saturation into the Null sink: every batch goes through the engine, none stays."""
+    server = Sluice(data_dir)
+    result = wrk(server.url, body, SECONDS, token=token)
+    accepted = server.accepted()
+    assert result["s202"] * valid <= accepted
+    server.wait_flushed(accepted)  # ClickHouse took every accepted event
+    server.stop()
+    return {"wrk": result, "accepted_events": accepted}
+
+
+def phase_sustained(data_dir: Path, token: str, body: Path, valid: int) -> dict:
     before = clickhouse_count(data_dir) if (data_dir / "clickhouse").exists() else 0
     server = Sluice(data_dir)
     started = time.monotonic()
@@ -377,6 +412,7 @@ def machine() -> dict:
         "aiohttp": version("aiohttp"),
         "clickhouse_connect": version("clickhouse-connect"),
         "chdb": version("chdb"),
+        "msgspec": version("msgspec"),
         "orjson": version("orjson"),
         "pydantic": version("pydantic"),
         "git_revision": rev + ("-dirty" if dirty else ""),
@@ -416,12 +452,19 @@ def main() -> int:
     base = phase_baseline(b100)
     log(f"baseline: {base['rps']:.0f} req/s")
 
-    log(f"accept: Sluice at saturation for {SECONDS:.0f}s")
-    acc = phase_accept(data, token, b100, v100)
-    log(f"accept: {acc['wrk']['rps_202']:.0f} req/s of 202, landed "
-        f"{acc['landed_events_per_s']:.0f} events/s, 503s {acc['wrk']['s503']}")  # fmt: skip
+    log(f"accept: Sluice at saturation for {SECONDS:.0f}s, into a Null table")
+    sink = WORK / "sink"
+    sink_token = create_token(sink)
+    null_sink(sink)
+    acc = phase_accept(sink, sink_token, b100, v100)
+    log(f"accept: {acc['wrk']['rps_202']:.0f} req/s of 202, 503s {acc['wrk']['s503']}")
 
-    half = acc["wrk"]["rps_202"] / 2
+    log(f"sustained: Sluice at saturation for {SECONDS:.0f}s, stored")
+    sus = phase_sustained(data, token, b100, v100)
+    log(f"sustained: {sus['wrk']['rps_202']:.0f} req/s of 202, landed "
+        f"{sus['landed_events_per_s']:.0f} events/s, 503s {sus['wrk']['s503']}")  # fmt: skip
+
+    half = sus["wrk"]["rps_202"] / 2
     log(f"latency: open loop at {half:.0f} req/s")
     lat = phase_latency(data, token, b100, v100, half)
     log(f"latency: {lat}")
@@ -442,16 +485,18 @@ def main() -> int:
     drain = phase_drain(data)
     log(f"drain: {drain}")
 
-    errors = (base["errors"] + acc["wrk"]["errors"] + lat["errors"]
+    errors = (base["errors"] + acc["wrk"]["errors"] + sus["wrk"]["errors"] + lat["errors"]
               + sum(s["errors"] for s in shapes))  # fmt: skip
-    loss = acc["loss"] + lat["loss"] + sum(s["loss"] for s in shapes) + mem["loss"] + drain["loss"]
+    loss = sus["loss"] + lat["loss"] + sum(s["loss"] for s in shapes) + mem["loss"] + drain["loss"]
     result = {
         "baseline_rps": base["rps"],
         "accept_rps": acc["wrk"]["rps_202"],
         "accept_events_per_s": acc["wrk"]["rps_202"] * v100,
         "accept_ratio": acc["wrk"]["rps_202"] / base["rps"],
         "accept_503": acc["wrk"]["s503"],
-        "landed_events_per_s": acc["landed_events_per_s"],
+        "accept_rps_stored": sus["wrk"]["rps_202"],
+        "accept_ratio_stored": sus["wrk"]["rps_202"] / base["rps"],
+        "landed_events_per_s": sus["landed_events_per_s"],
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "latency_target_rps": lat["target_rps"],
@@ -463,11 +508,13 @@ def main() -> int:
         "errors": errors,
         "loss": loss,
         "load_generator_headroom": base["rps"] / max(acc["wrk"]["rps"], 1),
+        "landed_events_per_s_incl_shutdown": sus["landed_events_per_s_incl_shutdown"],
         "shapes": shapes,
         "machine": info,
         "details": {
             "baseline": base,
             "accept": acc,
+            "sustained": sus,
             "latency": lat,
             "memory": mem,
             "drain": drain,
@@ -485,6 +532,8 @@ def print_table(r: dict) -> None:
         ("accept_rps (202s, 100 ev)", f"{r['accept_rps']:,.0f}", "ratio ≥ 0.15"),
         ("accept_events_per_s", f"{r['accept_events_per_s']:,.0f}", ""),
         ("accept_ratio", f"{r['accept_ratio']:.3f}", "≥ 0.15 (stretch 0.25)"),
+        ("accept_rps stored (real table)", f"{r['accept_rps_stored']:,.0f}", ""),
+        ("accept_ratio stored", f"{r['accept_ratio_stored']:.3f}", ""),
         ("landed_events_per_s", f"{r['landed_events_per_s']:,.0f}", "≥ 100,000"),
         ("p50_ms @ half load", f"{r['p50_ms']:.2f}", ""),
         ("p99_ms @ half load", f"{r['p99_ms']:.2f}", "≤ 10"),

@@ -366,9 +366,27 @@ class EmbeddedClickHouse(ClickHouse):
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
+_IOV_MAX = 1024  # buffers per writev call (Linux's IOV_MAX)
+
+
 def _write_parts(path: Path, parts: Sequence[bytes]) -> None:
-    with open(path, "wb") as f:
-        f.writelines(parts)
+    """Write ``parts`` to a new file in as few system calls as possible: this runs in a
+    worker thread, and each call gives the GIL back to a busy event loop and waits up to
+    a switch interval (5 ms) for it again (measured: one write per request chunk made a
+    20,000-event flush take 200-450 ms)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        pending = [memoryview(part) for part in parts if part]
+        while pending:
+            written = os.writev(fd, pending[:_IOV_MAX])
+            while written:  # drop what was written, including a partial buffer
+                if written >= len(pending[0]):
+                    written -= len(pending.pop(0))
+                else:
+                    pending[0] = pending[0][written:]
+                    written = 0
+    finally:
+        os.close(fd)
 
 
 async def _read_reply(stream: asyncio.StreamReader) -> tuple[int, bool, Any]:
