@@ -39,7 +39,7 @@ from ingest.deadletter import DeadLetter
 from ingest.ids import uuid7, uuid_str
 from ingest.metrics import Metrics
 from ingest.state import State
-from ingest.validate import COLUMN_TYPES, COLUMNS, PROJECT_ID, lines_to_rows
+from ingest.validate import COLUMN_TYPES, COLUMNS, LINE_COLUMNS, PROJECT_ID, lines_to_rows
 from storage.clickhouse import ClickHouse, ClickHouseError, classify
 
 log = structlog.get_logger("sluice.flush")
@@ -66,7 +66,7 @@ class _Held:
 
 async def insert_batch(ch: ClickHouse, batch: Batch, token: str) -> None:
     """One INSERT of a batch's row lines with ``token`` as its dedup token."""
-    await ch.insert_lines(TABLE, batch.parts, COLUMNS, token)
+    await ch.insert_lines(TABLE, batch.parts, LINE_COLUMNS, token)
 
 
 async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:

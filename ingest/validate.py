@@ -37,7 +37,7 @@ How: msgspec decodes the body in one typed pass into :class:`Event` structs, wit
 values kept as raw text (:class:`msgspec.Raw`) — no Python object per property. An event
 of another shape falls back to a per-event decode (:func:`_generic`), so the fast path
 never changes an outcome. Row lines are ClickHouse's ``JSONCompactEachRow``: one JSON
-array per event in :data:`COLUMNS` order, newline-terminated — ids as 32 hex digits,
+array per event in :data:`LINE_COLUMNS` order, newline-terminated — ids as 32 hex digits,
 ``timestamp`` and ``received_at`` as epoch seconds with a millisecond fraction,
 ``properties`` and ``extras`` as JSON objects, which ClickHouse stores as the text of
 their String columns (``input_format_json_read_objects_as_strings``). The buffer and the
@@ -87,6 +87,21 @@ COLUMN_TYPES: tuple[str, ...] = (
     "String",
 )
 EVENT_ID, PROJECT_ID = 0, 1
+# The order of the values in a row line (see the module docstring): the two that are the
+# same for a whole request first, written once per request and copied per event, and
+# ``properties`` last, where validation checks its first byte in place.
+LINE_COLUMNS: tuple[str, ...] = (
+    "project_id",
+    "received_at",
+    "event_id",
+    "event",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "timestamp",
+    "extras",
+    "properties",
+)
 
 # Limits (documented in the README).
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -180,7 +195,8 @@ _decode_raw_object = msgspec.json.Decoder(dict[str, Raw]).decode
 _decode_raw_list = msgspec.json.Decoder(list[Raw]).decode
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_any = msgspec.json.Decoder().decode
-_encode_into = msgspec.json.Encoder().encode_into
+_encoder = msgspec.json.Encoder()
+_encode, _encode_into = _encoder.encode, _encoder.encode_into
 
 
 def decode_request(body: bytes) -> Envelope:
@@ -188,10 +204,11 @@ def decode_request(body: bytes) -> Envelope:
 
     One typed pass when every event fits :class:`Event`; otherwise the envelope, then
     each event, are decoded on their own, so that a bad event costs only itself.
-    Whitespace with line breaks is removed first (row lines are one line each and keep
-    object text as sent).
+    A body with a line break has its whitespace removed first: row lines keep object
+    text as sent, and a line break in one would split its row (only ``\n`` frames rows;
+    a ``\r`` is just whitespace to ClickHouse).
     """
-    if b"\n" in body or b"\r" in body:
+    if b"\n" in body:
         try:
             body = msgspec.json.format(body, indent=-1)
         except msgspec.DecodeError as exc:
@@ -351,8 +368,10 @@ def validate(
     id_high, id_base = uuid7_parts(received_at_ms)
     id_prefix = "%016x" % (id_high >> 64)  # minted ids: text of the shared high half
     id_low = id_high & 0xFFFF_FFFF_FFFF_FFFF  # and the variant bits of the low half
-    project = format(project_id, "032x")
-    received = received_at_ms / 1000
+    # Every line starts with the request's project id and received_at (written once)
+    # and continues with the event's own values, encoded as a JSON array whose "[" is
+    # then overwritten with ",".
+    prefix = _encode((format(project_id, "032x"), received_at_ms / 1000))[:-1]
     latest = received_at_ms + FUTURE_TOLERANCE_MS
     fromisoformat = datetime.fromisoformat
     epoch, epoch_naive, ms_unit, absent = _EPOCH, _EPOCH_NAIVE, _MS, _ABSENT
@@ -438,8 +457,6 @@ def validate(
             properties = ev.properties
             if properties is absent:
                 properties = _EMPTY
-            elif memoryview(properties)[0] != _LBRACE:
-                properties = _object(properties, "properties") or _EMPTY
             base = ev.extras
             if base is not absent:
                 base = _object(base, "extras")
@@ -498,8 +515,18 @@ def validate(
             else:
                 eid = format(event_id, "032x")
             start = len(buf)
-            encode_into((eid, project, name, anonymous_id, user_id, session_id, ts / 1000,
-                         received, properties, extras), buf, -1)  # fmt: skip
+            buf += prefix
+            rest = len(buf)
+            encode_into((eid, name, anonymous_id, user_id, session_id, ts / 1000, extras,
+                         properties), buf, -1)  # fmt: skip
+            buf[rest] = 0x2C  # the "[" of the event's own values → ","
+            if buf[-1 - len(properties)] != _LBRACE:  # properties is not an object
+                del buf[start:]
+                properties = _object(properties, "properties") or _EMPTY
+                buf += prefix
+                encode_into((eid, name, anonymous_id, user_id, session_id, ts / 1000, extras,
+                             properties), buf, -1)  # fmt: skip
+                buf[rest] = 0x2C
             buf.append(10)
             if len(buf) - start > MAX_EVENT_BYTES:
                 del buf[start:]
@@ -514,19 +541,19 @@ def validate(
 
 
 _decode_line = msgspec.json.Decoder(
-    tuple[str, str, str, str | None, str | None, str | None, float, float, Raw, Raw]
+    tuple[str, float, str, str, str | None, str | None, str | None, float, Raw, Raw]
 ).decode
 
 
 def lines_to_rows(data: bytes) -> list[tuple]:
-    """Row lines (concatenated) → pipeline rows: UUIDs as ints, ``timestamp`` and
-    ``received_at`` as epoch milliseconds, ``properties``/``extras`` as the JSON text
-    of the line — the text ClickHouse stores for them."""
+    """Row lines (concatenated) → pipeline rows (:data:`COLUMNS` order): UUIDs as ints,
+    ``timestamp`` and ``received_at`` as epoch milliseconds, ``properties``/``extras``
+    as the JSON text of the line — the text ClickHouse stores for them."""
     rows = []
     for line in data.split(b"\n"):
         if not line:
             continue
-        eid, pid, name, anon, user, sess, ts, received, props, extras = _decode_line(line)
+        pid, received, eid, name, anon, user, sess, ts, extras, props = _decode_line(line)
         ts_ms, received_ms = round(ts * 1000), round(received * 1000)
         props_json, extras_json = bytes(props).decode(), bytes(extras).decode()
         rows.append((int(eid, 16), int(pid, 16), name, anon, user, sess, ts_ms, received_ms,

@@ -18,7 +18,7 @@ from support import clickhouse_rows, free_port
 from ingest.flush import TABLE, insert_rows
 from ingest.ids import uuid_str
 from ingest.validate import (
-    COLUMNS,
+    LINE_COLUMNS,
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     decode_request,
@@ -110,9 +110,9 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
         ch = await open_clickhouse(f"chdb://{path}")
         try:
             await clickhouse_up(ch)
-            await ch.insert_lines(TABLE, lines, COLUMNS, token)
+            await ch.insert_lines(TABLE, lines, LINE_COLUMNS, token)
             replay = [b"".join(lines[:2]), *lines[2:]]  # same lines, other chunks: a no-op
-            await ch.insert_lines(TABLE, replay, COLUMNS, token)
+            await ch.insert_lines(TABLE, replay, LINE_COLUMNS, token)
         finally:
             await ch.close()
 
@@ -155,7 +155,7 @@ def test_a_backfill_spanning_more_than_100_months_is_stored_by_both_insert_paths
         ch = await open_clickhouse(f"chdb://{path}")
         try:
             await clickhouse_up(ch)
-            await ch.insert_lines(TABLE, lines, COLUMNS, str(uuid.uuid4()))
+            await ch.insert_lines(TABLE, lines, LINE_COLUMNS, str(uuid.uuid4()))
             await insert_rows(ch, rows, str(uuid.uuid4()))
         finally:
             await ch.close()
@@ -177,7 +177,7 @@ def test_spool_files_are_removed_after_each_insert_and_leftovers_at_open(tmp_pat
         try:
             left = sorted(p.name for p in spool.iterdir())
             await clickhouse_up(ch)
-            await ch.insert_lines(TABLE, [lines_for(5)], COLUMNS, str(uuid.uuid4()))
+            await ch.insert_lines(TABLE, [lines_for(5)], LINE_COLUMNS, str(uuid.uuid4()))
             return left + sorted(p.name for p in spool.iterdir())
         finally:
             await ch.close()
@@ -278,7 +278,7 @@ def lines_for(n: int) -> bytes:
 
 
 INSERTS = {  # both insert paths: row lines (ingest), columns (dead-letter replays)
-    "lines": lambda ch, token: ch.insert_lines(TABLE, [lines_for(2)], COLUMNS, token),
+    "lines": lambda ch, token: ch.insert_lines(TABLE, [lines_for(2)], LINE_COLUMNS, token),
     "rows": lambda ch, token: insert_rows(ch, rows_for(2), token),
 }
 
