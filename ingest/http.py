@@ -230,8 +230,7 @@ async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
     svc = request.app[SERVICE]
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "other"
-    svc.metrics.requests.labels(route, str(response.status)).inc()
-    svc.metrics.request_seconds.labels(route).observe(duration)
+    svc.metrics.observe_request(route, response.status, duration)
     if path not in QUIET_PATHS:
         log.info(
             "request",

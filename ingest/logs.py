@@ -3,12 +3,23 @@
 JSON lines on stderr in production (``LOG_FORMAT=json``), a readable console format for
 humans (``LOG_FORMAT=console``). Standard-library logging (asyncpg, aiohttp, pgserver)
 goes through the same output at WARNING and above.
+
+JSON lines are written in batches (:class:`BufferedBytesLogger`): a line at warning or
+above is written at once with everything before it; info and debug lines within
+:data:`FLUSH_SECONDS` or until 64 KiB have gathered, and at exit. One ``write`` per
+request line cost ~10 µs of the event loop's time under load (measured), about 3% of a
+100-event request. The price: a process killed with SIGKILL loses at most the last
+``FLUSH_SECONDS`` of info lines.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
+import time
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -20,6 +31,73 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+FLUSH_SECONDS = 0.2
+FLUSH_BYTES = 64 * 1024
+
+
+class BufferedBytesLogger:
+    """A structlog logger for rendered ``bytes`` lines, written in batches (see the
+    module docstring). Thread-safe; one flusher thread per logger."""
+
+    def __init__(self, file: BinaryIO, interval: float = FLUSH_SECONDS) -> None:
+        self._file = file
+        self._lock = threading.Lock()  # guards _pending: held for an append, not a write
+        self._write_lock = threading.Lock()  # keeps batches in order
+        self._pending = bytearray()
+        self._wake = threading.Event()
+        self._interval = interval
+        threading.Thread(target=self._run, name="sluice-log-flush", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _add(self, message: bytes, now: bool) -> None:
+        with self._lock:
+            self._pending += message
+            self._pending += b"\n"
+            if not now and len(self._pending) < FLUSH_BYTES:
+                if not self._wake.is_set():  # set() takes a lock: once per interval
+                    self._wake.set()
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._pending:
+                return
+            data = bytes(self._pending)
+            self._pending.clear()
+            self._write_lock.acquire()  # before the next batch can be taken
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError):  # stderr closed: nothing sensible to do
+            pass
+        finally:
+            self._write_lock.release()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self._interval)
+            self.flush()
+
+    def msg(self, message: bytes) -> None:
+        self._add(message, now=False)
+
+    def urgent(self, message: bytes) -> None:
+        self._add(message, now=True)
+
+    debug = info = msg
+    warning = warn = error = err = critical = exception = fatal = failure = urgent
+    log = msg
+
+
+class _BufferedLoggerFactory:
+    def __init__(self, file: BinaryIO) -> None:
+        self._logger = BufferedBytesLogger(file)
+
+    def __call__(self, *args: Any) -> BufferedBytesLogger:
+        return self._logger
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -34,7 +112,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        factory: Any = _BufferedLoggerFactory(sys.stderr.buffer)
     else:
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stderr)

@@ -8,6 +8,7 @@ drain pass — never per event); gauges are read from the live objects at scrape
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,6 +37,7 @@ class _Gauges(Collector):
 
 class Metrics:
     def __init__(self) -> None:
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "sluice_http_requests", "HTTP requests by route and status", ["route", "status"],
@@ -69,6 +71,17 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=r,
         )  # fmt: skip
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one request and its duration (label children cached: looking them up
+        costs more than the update)."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)),
+                        self.request_seconds.labels(route))  # fmt: skip
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def add_gauges(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
         """Register a callback that returns ``{name: (help, value)}`` at scrape time."""
