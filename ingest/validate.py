@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import msgspec
 from msgspec import Raw, Struct
 
-from ingest.ids import MASK62, uuid7_parts
+from ingest.ids import MINT_MAX, MINT_SUFFIX, mint_prefix
 
 # The ClickHouse columns of events_raw_v1, and the row layout used everywhere in the
 # pipeline (buffer, flush, dead-letter payload). Append only.
@@ -365,9 +365,9 @@ def validate(
     errors: list[dict[str, Any]] = []
     client_ids: list[tuple[int, int]] = []
     skew = received_at_ms - sent_at_ms if sent_at_ms is not None else 0
-    id_high, id_base = uuid7_parts(received_at_ms)
-    id_prefix = "%016x" % (id_high >> 64)  # minted ids: text of the shared high half
-    id_low = id_high & 0xFFFF_FFFF_FFFF_FFFF  # and the variant bits of the low half
+    if len(events) > MINT_MAX:
+        raise ValueError(f"at most {MINT_MAX} events per call")  # callers cap at 10,000
+    id_prefix, id_suffix = mint_prefix(received_at_ms), MINT_SUFFIX  # minted ids
     # Every line starts with the request's project id and received_at (written once)
     # and continues with the event's own values, encoded as a JSON array whose "[" is
     # then overwritten with ",".
@@ -511,7 +511,7 @@ def validate(
                 extras = base
 
             if event_id is None:
-                eid = id_prefix + "%016x" % (id_low | ((id_base + index) & MASK62))
+                eid = id_prefix + id_suffix[index]
             else:
                 eid = format(event_id, "032x")
             start = len(buf)
