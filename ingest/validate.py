@@ -53,10 +53,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
-from msgspec import Raw, Struct
+from msgspec import Meta, Raw, Struct
 
 from ingest.ids import MINT_MAX, MINT_SUFFIX, mint_prefix
 
@@ -141,6 +141,11 @@ class BadRequest(ValueError):
     """The whole request is malformed (400); ``str(exc)`` says what to send instead."""
 
 
+# Checked by msgspec in the typed pass; _generic gives the reason when one fails.
+_Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+_Id = Annotated[str, Meta(max_length=MAX_ID_CHARS)] | int
+
+
 class Event(Struct, forbid_unknown_fields=True, gc=False):
     """The common shape of an event, decoded in one pass with its types checked.
 
@@ -149,21 +154,22 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
     keys into ``extras``. Object values stay :class:`msgspec.Raw`: their text as sent.
     """
 
-    event: str
+    event: _Name
     timestamp: str | int | float | None = None
-    anonymous_id: str | int | None = None
-    anonymousId: str | int | None = None
-    user_id: str | int | None = None
-    userId: str | int | None = None
-    session_id: str | int | None = None
-    sessionId: str | int | None = None
+    anonymous_id: _Id | None = None
+    anonymousId: _Id | None = None
+    user_id: _Id | None = None
+    userId: _Id | None = None
+    session_id: _Id | None = None
+    sessionId: _Id | None = None
     uuid: str | None = None
     event_id: str | None = None
     messageId: str | None = None
     properties: Raw = _ABSENT
     extras: Raw = _ABSENT
-    # Keys SDKs commonly send besides the above (Segment's spec). Not part of the row:
-    # they fold into ``extras`` like any other stray key, without leaving the fast path.
+    # Keys SDKs commonly send besides the above (Segment's and RudderStack's specs). Not
+    # part of the row: they fold into ``extras`` like any other stray key, without
+    # leaving the fast path. (Each costs a check per event; others take _generic.)
     context: Raw = _ABSENT
     integrations: Raw = _ABSENT
     traits: Raw = _ABSENT
@@ -171,8 +177,6 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
     channel: Raw = _ABSENT
     originalTimestamp: Raw = _ABSENT
     sentAt: Raw = _ABSENT
-    receivedAt: Raw = _ABSENT
-    version: Raw = _ABSENT
 
 
 class _Envelope(Struct, forbid_unknown_fields=True, gc=False):
@@ -288,6 +292,10 @@ def _generic(raw: Raw) -> tuple[Event, dict[str, Any]]:
     name = value("event")
     if type(name) is not str:
         raise Invalid("event required" if name is None else "event must be a string")
+    if not name:
+        raise Invalid("event required")
+    if len(name) > MAX_NAME_CHARS:
+        raise Invalid("event name too long")
     ts = value("timestamp")
     if ts is not None and type(ts) not in (str, int, float):
         raise Invalid("timestamp invalid")
@@ -301,7 +309,10 @@ def _generic(raw: Raw) -> tuple[Event, dict[str, Any]]:
                 text = alias
             elif alias != text:
                 more[camel] = obj[camel]  # both spellings, different values: keep the other
-        if text is not None and type(text) is not str and type(text) is not int:
+        if type(text) is str:
+            if len(text) > MAX_ID_CHARS:
+                raise Invalid(f"{snake} too long")
+        elif text is not None and type(text) is not int:
             raise Invalid(f"{snake} must be a string")
         fields[snake] = text
     for key in _CLIENT_ID_KEYS:
@@ -374,7 +385,7 @@ def validate(
     prefix = _encode((format(project_id, "032x"), received_at_ms / 1000))[:-1]
     latest = received_at_ms + FUTURE_TOLERANCE_MS
     fromisoformat = datetime.fromisoformat
-    epoch, epoch_naive, ms_unit, absent = _EPOCH, _EPOCH_NAIVE, _MS, _ABSENT
+    epoch, epoch_naive, absent = _EPOCH, _EPOCH_NAIVE, _ABSENT
     encode_into = _encode_into
     for index, ev in enumerate(events):
         try:
@@ -383,18 +394,15 @@ def validate(
             else:
                 ev, more = _generic(ev)  # type: ignore[arg-type]
 
-            name = ev.event
-            if not name:
-                raise Invalid("event required")
-            if len(name) > MAX_NAME_CHARS:
-                raise Invalid("event name too long")
+            name = ev.event  # 1-200 characters, checked while decoding
             raw_ts = ev.timestamp
             if type(raw_ts) is str:
                 try:
                     parsed = fromisoformat(raw_ts)
                 except ValueError:
                     raise Invalid("timestamp invalid") from None
-                ts = (parsed - (epoch_naive if parsed.tzinfo is None else epoch)) // ms_unit
+                delta = parsed - (epoch_naive if parsed.tzinfo is None else epoch)
+                ts = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
             elif raw_ts is None:
                 raise Invalid("timestamp required")
             else:
@@ -410,13 +418,10 @@ def validate(
                 elif alias != anonymous_id:
                     more = more or {}
                     more["anonymousId"] = alias
-            if anonymous_id is not None:
-                if type(anonymous_id) is str:
-                    if len(anonymous_id) > MAX_ID_CHARS:
-                        raise Invalid("anonymous_id too long")
-                    anonymous_id = anonymous_id or None
-                else:
-                    anonymous_id = str(anonymous_id)
+            if type(anonymous_id) is int:
+                anonymous_id = str(anonymous_id)
+            elif not anonymous_id:  # "" is absent
+                anonymous_id = None
             user_id = ev.user_id
             alias = ev.userId
             if alias is not None:
@@ -425,13 +430,10 @@ def validate(
                 elif alias != user_id:
                     more = more or {}
                     more["userId"] = alias
-            if user_id is not None:
-                if type(user_id) is str:
-                    if len(user_id) > MAX_ID_CHARS:
-                        raise Invalid("user_id too long")
-                    user_id = user_id or None
-                else:
-                    user_id = str(user_id)
+            if type(user_id) is int:
+                user_id = str(user_id)
+            elif not user_id:  # "" is absent
+                user_id = None
             session_id = ev.session_id
             alias = ev.sessionId
             if alias is not None:
@@ -440,13 +442,10 @@ def validate(
                 elif alias != session_id:
                     more = more or {}
                     more["sessionId"] = alias
-            if session_id is not None:
-                if type(session_id) is str:
-                    if len(session_id) > MAX_ID_CHARS:
-                        raise Invalid("session_id too long")
-                    session_id = session_id or None
-                else:
-                    session_id = str(session_id)
+            if type(session_id) is int:
+                session_id = str(session_id)
+            elif not session_id:  # "" is absent
+                session_id = None
 
             if ev.uuid is None and ev.event_id is None and ev.messageId is None:
                 event_id = None
@@ -484,12 +483,6 @@ def validate(
             if ev.sentAt is not absent:
                 more = more or {}
                 more["sentAt"] = ev.sentAt
-            if ev.receivedAt is not absent:
-                more = more or {}
-                more["receivedAt"] = ev.receivedAt
-            if ev.version is not absent:
-                more = more or {}
-                more["version"] = ev.version
 
             if skew:
                 more = more or {}

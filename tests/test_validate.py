@@ -11,6 +11,7 @@ from msgspec import Raw
 from ingest.validate import (
     COLUMNS,
     MAX_EVENT_BYTES,
+    MAX_NAME_CHARS,
     BadRequest,
     Event,
     decode_request,
@@ -152,7 +153,7 @@ SHAPES = [
      "properties": {"x": [1, {"y": None}], "é": "\u2014"}, "extras": {"keep": 1, "context": 0},
      "context": {"ip": "1.2.3.4"}, "type": "track", "traits": {"plan": "pro"},
      "integrations": {}, "channel": "web", "sentAt": "x", "originalTimestamp": 5,
-     "receivedAt": None, "version": 2, "messageId": "6F1C3A52-0D4B-4C8B-9E0C-0B2E4A7E9A11",
+     "messageId": "6F1C3A52-0D4B-4C8B-9E0C-0B2E4A7E9A11",
      "uuid": "6f1c3a52-0d4b-4c8b-9e0c-0b2e4a7e9a11", "event_id": str(uuid.UUID(int=7))},
     {"event": "far", "timestamp": "2300-01-01T00:00:00", "properties": None, "extras": None},
     {"event": "big", "timestamp": NOW, "properties": {"n": 2**70}},
@@ -225,3 +226,22 @@ def test_the_envelope_keeps_odd_token_and_sent_at_values_for_the_handler_to_judg
     assert (env.token, env.sent_at, len(env.events)) == (5, [1], 1)
     env = decode_request(b'{"token": "t", "sent_at": "2026-11-01T12:00:00Z", "events": []}')
     assert (env.token, env.sent_at, env.events) == ("t", "2026-11-01T12:00:00Z", [])
+
+
+def test_length_limits_are_counted_in_characters_with_the_field_named() -> None:
+    ok, long = "é" * MAX_NAME_CHARS, "é" * (MAX_NAME_CHARS + 1)
+    events = [
+        {"event": ok, "timestamp": NOW, "userId": ok},
+        {"event": long, "timestamp": NOW},
+        {"event": "e", "timestamp": NOW, "anonymousId": long},
+        {"event": "e", "timestamp": NOW, "session_id": long},
+        {"event": "e", "timestamp": NOW, "user_id": "u", "userId": long},  # kept in extras
+    ]
+    rows, errors = validate_rows(events, PROJECT, NOW)
+    assert errors == [
+        {"index": 1, "reason": "event name too long"},
+        {"index": 2, "reason": "anonymous_id too long"},
+        {"index": 3, "reason": "session_id too long"},
+    ]
+    assert [r[2] for r in rows] == [ok, "e"]
+    assert json.loads(rows[1][9]) == {"userId": long}
