@@ -88,7 +88,7 @@ COLUMN_TYPES: tuple[str, ...] = (
 )
 EVENT_ID, PROJECT_ID = 0, 1
 # The order of the values in a row line (see the module docstring): the two that are the
-# same for a whole request first, written once per request and copied per event, and
+# same for a whole request first, encoded once per request and copied per event, and
 # ``properties`` last, where validation checks its first byte in place.
 LINE_COLUMNS: tuple[str, ...] = (
     "project_id",
@@ -379,10 +379,9 @@ def validate(
     if len(events) > MINT_MAX:
         raise ValueError(f"at most {MINT_MAX} events per call")  # callers cap at 10,000
     id_prefix, id_suffix = mint_prefix(received_at_ms), MINT_SUFFIX  # minted ids
-    # Every line starts with the request's project id and received_at (written once)
-    # and continues with the event's own values, encoded as a JSON array whose "[" is
-    # then overwritten with ",".
-    prefix = _encode((format(project_id, "032x"), received_at_ms / 1000))[:-1]
+    # Every line starts with the request's project id and received_at, encoded once:
+    # a Raw element is written verbatim, so this one stands for both values.
+    shared = Raw(_encode((format(project_id, "032x"), received_at_ms / 1000))[1:-1])
     latest = received_at_ms + FUTURE_TOLERANCE_MS
     fromisoformat = datetime.fromisoformat
     epoch, epoch_naive, absent = _EPOCH, _EPOCH_NAIVE, _ABSENT
@@ -508,18 +507,13 @@ def validate(
             else:
                 eid = format(event_id, "032x")
             start = len(buf)
-            buf += prefix
-            rest = len(buf)
-            encode_into((eid, name, anonymous_id, user_id, session_id, ts / 1000, extras,
-                         properties), buf, -1)  # fmt: skip
-            buf[rest] = 0x2C  # the "[" of the event's own values → ","
+            encode_into((shared, eid, name, anonymous_id, user_id, session_id, ts / 1000,
+                         extras, properties), buf, -1)  # fmt: skip
             if buf[-1 - len(properties)] != _LBRACE:  # properties is not an object
                 del buf[start:]
                 properties = _object(properties, "properties") or _EMPTY
-                buf += prefix
-                encode_into((eid, name, anonymous_id, user_id, session_id, ts / 1000, extras,
-                             properties), buf, -1)  # fmt: skip
-                buf[rest] = 0x2C
+                encode_into((shared, eid, name, anonymous_id, user_id, session_id, ts / 1000,
+                             extras, properties), buf, -1)  # fmt: skip
             buf.append(10)
             if len(buf) - start > MAX_EVENT_BYTES:
                 del buf[start:]
