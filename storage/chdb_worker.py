@@ -32,6 +32,10 @@ import sys
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct("<Q")
+# The engine's work (inserts, background merges on several threads) yields the CPU to
+# the HTTP process when both want it: measured at half the saturating load, request p99
+# went from 14-29 ms to 5-9 ms; the engine still takes any idle core.
+ENGINE_NICE = 10
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
@@ -101,6 +105,7 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    os.nice(ENGINE_NICE)
     # Frames go to the original stdout; anything else printed lands on stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
