@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
@@ -184,6 +185,25 @@ def test_spool_files_are_removed_after_each_insert_and_leftovers_at_open(tmp_pat
 
     assert asyncio.run(run()) == []
     assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1") == [(5,)]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+def test_the_engine_process_and_its_threads_only_take_idle_cpu(tmp_path: Path) -> None:
+    """The engine's threads must never preempt the event loop (request p99)."""
+
+    async def run() -> tuple[int, list[int]]:
+        ch = await open_clickhouse(f"chdb://{tmp_path / 'ch'}")
+        try:
+            await clickhouse_up(ch)  # the engine has started its thread pools
+            pid = ch._proc.pid  # the worker process
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            return pid, [os.sched_getscheduler(t) for t in tids]
+        finally:
+            await ch.close()
+
+    pid, policies = asyncio.run(run())
+    assert len(policies) > 1 and set(policies) == {os.SCHED_IDLE}, (pid, policies)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server itself is untouched
 
 
 def test_dedup_token_survives_a_restart_of_the_engine(tmp_path: Path) -> None:
