@@ -7,8 +7,8 @@ drain pass — never per event); gauges are read from the live objects at scrape
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,8 +17,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # the *_created series only add noise to every scrape
@@ -35,19 +36,45 @@ class _Gauges(Collector):
             yield family
 
 
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+class _RequestStats(Collector):
+    """``sluice_http_requests_total`` {route, status} and
+    ``sluice_http_request_duration_seconds`` {route}, from :meth:`Metrics.observe_request`."""
+
+    def __init__(self, requests: dict[tuple[str, int], int], durations: dict[str, list[float]]):
+        self._requests = requests
+        self._durations = durations
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        counter = CounterMetricFamily(
+            "sluice_http_requests", "HTTP requests by route and status", labels=["route", "status"]
+        )
+        for (route, status), count in list(self._requests.items()):
+            counter.add_metric([route, str(status)], count)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "sluice_http_request_duration_seconds", "HTTP request duration", labels=["route"]
+        )
+        for route, slots in list(self._durations.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*REQUEST_BUCKETS, float("inf")), slots[:-1], strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            histogram.add_metric([route], buckets, slots[-1])
+        yield histogram
+
+
 class Metrics:
     def __init__(self) -> None:
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "sluice_http_requests", "HTTP requests by route and status", ["route", "status"],
-            registry=r,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            "sluice_http_request_duration_seconds", "HTTP request duration", ["route"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
-            registry=r,
-        )  # fmt: skip
+        # Per-request figures are kept in plain dicts and turned into the Prometheus
+        # counter and histogram at scrape time (_RequestStats): prometheus_client's own
+        # take a lock per update and walk the buckets, ~4 us of every request.
+        self._requests: dict[tuple[str, int], int] = {}
+        self._durations: dict[str, list[float]] = {}  # route → bucket counts + sum
+        r.register(_RequestStats(self._requests, self._durations))
         self.events_accepted = Counter(
             "sluice_events_accepted", "Events answered with 2xx and queued", registry=r
         )
@@ -73,15 +100,14 @@ class Metrics:
         )  # fmt: skip
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        """Count one request and its duration (label children cached: looking them up
-        costs more than the update)."""
-        children = self._request_children.get((route, status))
-        if children is None:
-            children = (self.requests.labels(route, str(status)),
-                        self.request_seconds.labels(route))  # fmt: skip
-            self._request_children[(route, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one request and its duration."""
+        key = (route, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        slots = self._durations.get(route)
+        if slots is None:
+            slots = self._durations[route] = [0.0] * (len(REQUEST_BUCKETS) + 2)
+        slots[bisect_left(REQUEST_BUCKETS, seconds)] += 1  # the last slot before the sum: +Inf
+        slots[-1] += seconds
 
     def add_gauges(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
         """Register a callback that returns ``{name: (help, value)}`` at scrape time."""
