@@ -42,11 +42,17 @@ QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 READY_STALE_SECONDS = 30.0  # /readyz: a store must have answered this recently
 
 SERVICE: web.AppKey[Any] = web.AppKey("service", object)
-_JSON = "application/json"
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        headers=_JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers},
+    )
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
