@@ -50,6 +50,7 @@ dead-letter payload.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -167,10 +168,16 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
     messageId: str | None = None
     properties: Raw = _ABSENT
     extras: Raw = _ABSENT
-    # Keys SDKs commonly send besides the above (Segment's and RudderStack's specs). Not
-    # part of the row: they fold into ``extras`` like any other stray key, without
-    # leaving the fast path. (Each costs a check per event; others take _generic.)
+    # The key SDKs most often send besides the above: not part of the row, it folds into
+    # ``extras`` like any stray key, without leaving the fast path.
     context: Raw = _ABSENT
+
+
+class SdkEvent(Event, forbid_unknown_fields=True, gc=False):
+    """:class:`Event` plus the other keys Segment's and RudderStack's SDKs send on every
+    event, for bodies where the plain shape does not fit (a second typed pass; each
+    key costs a check per event, so the plain shape goes without them)."""
+
     integrations: Raw = _ABSENT
     traits: Raw = _ABSENT
     type: Raw = _ABSENT
@@ -179,8 +186,24 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
     sentAt: Raw = _ABSENT
 
 
+_SDK_KEYS = ("integrations", "traits", "type", "channel", "originalTimestamp", "sentAt")
+_sdk_values = operator.attrgetter(*_SDK_KEYS)
+
+
+def _sdk_strays(ev: SdkEvent) -> dict[str, Any] | None:
+    """The keys of :class:`SdkEvent` beyond :class:`Event` that were sent."""
+    found = {k: v for k, v in zip(_SDK_KEYS, _sdk_values(ev), strict=True) if v is not _ABSENT}
+    return found or None
+
+
 class _Envelope(Struct, forbid_unknown_fields=True, gc=False):
     events: list[Event]
+    token: str | None = None
+    sent_at: str | int | float | None = None
+
+
+class _SdkEnvelope(Struct, forbid_unknown_fields=True, gc=False):
+    events: list[SdkEvent]
     token: str | None = None
     sent_at: str | int | float | None = None
 
@@ -189,15 +212,16 @@ class Envelope(NamedTuple):
     """A decoded request body. ``events`` holds an :class:`Event` per event that fits
     the common shape and the event's :class:`msgspec.Raw` text for any other."""
 
-    events: list[Event | Raw]
+    events: list[Event | SdkEvent | Raw]
     token: Any
     sent_at: Any
 
 
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_envelopes = (msgspec.json.Decoder(_Envelope).decode,
+                     msgspec.json.Decoder(_SdkEnvelope).decode)  # fmt: skip
 _decode_raw_object = msgspec.json.Decoder(dict[str, Raw]).decode
 _decode_raw_list = msgspec.json.Decoder(list[Raw]).decode
-_decode_event = msgspec.json.Decoder(Event).decode
+_decode_events = (msgspec.json.Decoder(Event).decode, msgspec.json.Decoder(SdkEvent).decode)
 _decode_any = msgspec.json.Decoder().decode
 _encoder = msgspec.json.Encoder()
 _encode, _encode_into = _encoder.encode, _encoder.encode_into
@@ -217,13 +241,14 @@ def decode_request(body: bytes) -> Envelope:
             body = msgspec.json.format(body, indent=-1)
         except msgspec.DecodeError as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from None
-    try:
-        env = _decode_envelope(body)
-        return Envelope(env.events, env.token, env.sent_at)  # type: ignore[arg-type]
-    except msgspec.ValidationError:
-        pass
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    for decode_envelope in _decode_envelopes:
+        try:
+            env = decode_envelope(body)
+            return Envelope(env.events, env.token, env.sent_at)  # type: ignore[arg-type]
+        except msgspec.ValidationError:
+            pass
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
     try:
         top = _decode_raw_object(body)
     except msgspec.ValidationError:
@@ -242,9 +267,13 @@ def decode_request(body: bytes) -> Envelope:
         raise BadRequest("events must be a list") from None
     events: list[Event | Raw] = []
     for raw in raws:
-        try:
-            events.append(_decode_event(raw))
-        except msgspec.ValidationError:
+        for decode_event in _decode_events:
+            try:
+                events.append(decode_event(raw))
+                break
+            except msgspec.ValidationError:
+                pass
+        else:
             events.append(raw)
     token, sent_at = top.get("token"), top.get("sent_at")
     return Envelope(
@@ -364,7 +393,7 @@ class Validated(NamedTuple):
 
 
 def validate(
-    events: Sequence[Event | Raw],
+    events: Sequence[Event | SdkEvent | Raw],
     project_id: int,
     received_at_ms: int,
     sent_at_ms: int | None = None,
@@ -388,8 +417,11 @@ def validate(
     encode_into = _encode_into
     for index, ev in enumerate(events):
         try:
-            if type(ev) is Event:
+            kind = type(ev)
+            if kind is Event:
                 more: dict[str, Any] | None = None
+            elif kind is SdkEvent:
+                more = _sdk_strays(ev)  # type: ignore[arg-type]
             else:
                 ev, more = _generic(ev)  # type: ignore[arg-type]
 
@@ -459,29 +491,9 @@ def validate(
             if base is not absent:
                 base = _object(base, "extras")
 
-            # Stray keys the fast path knows (absent in an event from _generic, whose
-            # stray keys are in `more` already). Unrolled: getattr in a loop costs more.
-            if ev.context is not absent:
+            if ev.context is not absent:  # a stray key the typed pass knows
                 more = more or {}
                 more["context"] = ev.context
-            if ev.integrations is not absent:
-                more = more or {}
-                more["integrations"] = ev.integrations
-            if ev.traits is not absent:
-                more = more or {}
-                more["traits"] = ev.traits
-            if ev.type is not absent:
-                more = more or {}
-                more["type"] = ev.type
-            if ev.channel is not absent:
-                more = more or {}
-                more["channel"] = ev.channel
-            if ev.originalTimestamp is not absent:
-                more = more or {}
-                more["originalTimestamp"] = ev.originalTimestamp
-            if ev.sentAt is not absent:
-                more = more or {}
-                more["sentAt"] = ev.sentAt
 
             if skew:
                 more = more or {}

@@ -14,6 +14,7 @@ from ingest.validate import (
     MAX_NAME_CHARS,
     BadRequest,
     Event,
+    SdkEvent,
     decode_request,
     lines_to_rows,
     parse_timestamp,
@@ -169,7 +170,7 @@ def test_the_typed_fast_path_and_the_per_event_path_write_the_same_line(
     differ."""
     for event in SHAPES:
         typed = decode_request(json.dumps({"events": [event]}).encode()).events
-        assert type(typed[0]) is Event, event
+        assert type(typed[0]) in (Event, SdkEvent), event
         fast = validate(typed, PROJECT, NOW, sent_at)
         slow = validate([Raw(json.dumps(event).encode())], PROJECT, NOW, sent_at)
         assert (fast.errors, fast.client_ids) == (slow.errors, slow.client_ids)
@@ -245,3 +246,21 @@ def test_length_limits_are_counted_in_characters_with_the_field_named() -> None:
     ]
     assert [r[2] for r in rows] == [ok, "e"]
     assert json.loads(rows[1][9]) == {"userId": long}
+
+
+def test_a_body_takes_the_narrowest_typed_shape_that_fits() -> None:
+    plain = {"event": "e", "timestamp": NOW, "context": {"ip": "x"}}
+    segment = {**plain, "type": "track", "integrations": {}}
+    odd = {**plain, "shoe_size": 44}
+
+    def kinds(*events: dict) -> list[str]:
+        decoded = decode_request(json.dumps({"events": list(events)}).encode()).events
+        return [type(e).__name__ for e in decoded]
+
+    assert kinds(plain, plain) == ["Event", "Event"]
+    assert kinds(plain, segment) == ["SdkEvent", "SdkEvent"]
+    assert kinds(plain, segment, odd) == ["Event", "SdkEvent", "Raw"]
+    rows, errors = validate_rows([segment, odd], PROJECT, NOW)
+    assert errors == []
+    assert json.loads(rows[0][9]) == {"context": {"ip": "x"}, "type": "track", "integrations": {}}
+    assert json.loads(rows[1][9]) == {"context": {"ip": "x"}, "shoe_size": 44}
