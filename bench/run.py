@@ -5,10 +5,10 @@ Starts real `sluice serve` processes on the embedded stores with production sett
 generator for the baseline), and writes bench/results/latest.json plus a table.
 
 Phases:
-  baseline   bare aiohttp echo of the same body, wrk -t2 -c64, run just
-             before and just after `accept`; the mean                  → baseline_rps
   accept     Sluice at saturation, 100-event batches, into a ClickHouse
-             that keeps up (events_raw_v1 as ENGINE = Null, see below)  → accept_rps
+             that keeps up (events_raw_v1 as ENGINE = Null, see below),  → accept_rps
+             interleaved with the baseline: a bare aiohttp echo of the
+             same body, same wrk -t2 -c64, 3 rounds of 8 s each          → baseline_rps
   sustained  the same load into the real table, ≥ 20 s, then SIGTERM;
              rows in ClickHouse ÷ wall time                            → landed_events_per_s
   latency    open loop at half of the sustained saturating rate        → p50_ms, p99_ms
@@ -58,6 +58,8 @@ PY = sys.executable
 SLUICE = [PY, str(ROOT / "cmd" / "sluice.py")]
 ENDPOINT = "/api/v1/ingest/events"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))  # the sustained phase (≥ 20 s)
+ROUNDS = 3  # accept and baseline, interleaved
+ROUND_SECONDS = float(os.environ.get("BENCH_ROUND_SECONDS", "8"))
 SHAPE_SECONDS = float(os.environ.get("BENCH_SHAPE_SECONDS", "5"))
 BACKLOG_EVENTS = int(os.environ.get("BENCH_BACKLOG_EVENTS", "1000000"))
 
@@ -229,16 +231,42 @@ def create_token(data_dir: Path) -> str:
 # --- phases -------------------------------------------------------------------------------
 
 
-def phase_baseline(body: Path) -> dict:
+def combine(runs: list[dict]) -> dict:
+    """Several wrk runs as one: totals, and rates over their summed durations."""
+    total = {key: sum(r[key] for r in runs) for key in
+             ("requests", "s202", "s503", "errors", "duration_us")}  # fmt: skip
+    secs = total["duration_us"] / 1e6
+    return {**total, "rps": total["requests"] / secs, "rps_202": total["s202"] / secs,
+            "runs": runs}  # fmt: skip
+
+
+def phase_accept(data_dir: Path, token: str, body: Path, valid: int) -> tuple[dict, dict]:
+    """Sluice at saturation into the Null sink (every batch goes through the engine, none
+    stays), interleaved with the baseline: ROUNDS × (baseline, Sluice), ROUND_SECONDS
+    each, both servers up throughout (the idle one costs nothing). These shared machines
+    drift 10-20% within minutes (the same echo: 19k-29k req/s in one hour); interleaving
+    puts the same drift into both sides of the ratio."""
     port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([PY, str(BENCH / "baseline.py"), str(port)])
+    server = Sluice(data_dir)
     try:
-        wait_http(f"http://127.0.0.1:{port}/")
-        wrk(f"http://127.0.0.1:{port}", body, 2)  # warm-up
-        return wrk(f"http://127.0.0.1:{port}", body, 10)
+        wait_http(base_url + "/")
+        wrk(base_url, body, 2)  # warm-up
+        wrk(server.url, body, 2, token=token)
+        base_runs, accept_runs = [], []
+        for _ in range(ROUNDS):
+            base_runs.append(wrk(base_url, body, ROUND_SECONDS))
+            accept_runs.append(wrk(server.url, body, ROUND_SECONDS, token=token))
     finally:
         proc.terminate()
         proc.wait()
+    accepted = server.accepted()
+    accept = combine(accept_runs)
+    assert accept["s202"] * valid <= accepted
+    server.wait_flushed(accepted)  # ClickHouse took every accepted event
+    server.stop()
+    return combine(base_runs), {"wrk": accept, "accepted_events": accepted}
 
 
 def null_sink(data_dir: Path) -> None:
@@ -251,17 +279,6 @@ def null_sink(data_dir: Path) -> None:
             "c.command(sys.argv[2])\nc.close()\n")  # fmt: skip
     (data_dir / "clickhouse").mkdir(parents=True, exist_ok=True)
     subprocess.run([PY, "-c", code, str(data_dir / "clickhouse"), ddl], check=True)
-
-
-def phase_accept(data_dir: Path, token: str, body: Path, valid: int) -> dict:
-    """Saturation into the Null sink: every batch goes through the engine, none stays."""
-    server = Sluice(data_dir)
-    result = wrk(server.url, body, SECONDS, token=token)
-    accepted = server.accepted()
-    assert result["s202"] * valid <= accepted
-    server.wait_flushed(accepted)  # ClickHouse took every accepted event
-    server.stop()
-    return {"wrk": result, "accepted_events": accepted}
 
 
 def phase_sustained(data_dir: Path, token: str, body: Path, valid: int) -> dict:
@@ -459,23 +476,15 @@ def main() -> int:
     data = WORK / "sluice"
     token = create_token(data)
 
-    log("baseline: bare aiohttp, same body, same load generator")
-    base_before = phase_baseline(b100)
-    log(f"baseline: {base_before['rps']:.0f} req/s")
-
-    log(f"accept: Sluice at saturation for {SECONDS:.0f}s, into a Null table")
+    log(f"accept: Sluice at saturation into a Null table, interleaved with the baseline "
+        f"(bare aiohttp, same body, same wrk): {ROUNDS} x {ROUND_SECONDS:.0f}s each")  # fmt: skip
     sink = WORK / "sink"
     sink_token = create_token(sink)
     null_sink(sink)
-    acc = phase_accept(sink, sink_token, b100, v100)
-    log(f"accept: {acc['wrk']['rps_202']:.0f} req/s of 202, 503s {acc['wrk']['s503']}")
-    # The baseline again, right after: these shared machines drift by 10-20% within
-    # minutes, so the ratio's denominator is the mean of the runs either side of accept.
-    base_after = phase_baseline(b100)
-    base = {"rps": (base_before["rps"] + base_after["rps"]) / 2,
-            "errors": base_before["errors"] + base_after["errors"],
-            "runs": [base_before, base_after]}  # fmt: skip
-    log(f"baseline: {base_after['rps']:.0f} req/s; mean {base['rps']:.0f}")
+    base, acc = phase_accept(sink, sink_token, b100, v100)
+    log(f"accept: {acc['wrk']['rps_202']:.0f} req/s of 202, 503s {acc['wrk']['s503']}; "
+        f"baseline {base['rps']:.0f} req/s "
+        f"(runs: {[round(r['rps']) for r in base['runs']]})")  # fmt: skip
 
     log(f"sustained: Sluice at saturation for {SECONDS:.0f}s, stored")
     sus = phase_sustained(data, token, b100, v100)
