@@ -42,6 +42,9 @@ QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 READY_STALE_SECONDS = 30.0  # /readyz: a store must have answered this recently
 
 SERVICE: web.AppKey[Any] = web.AppKey("service", object)
+# The request logger, bound once logging is configured: a module-level structlog proxy
+# resolves itself on every call (~0.6 µs of each request).
+REQUEST_LOG: web.AppKey[Any] = web.AppKey("request_log", object)
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -233,12 +236,12 @@ async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
         elif svc.config.allowed_origins:
             response.headers["Vary"] = "Origin"
     duration = time.perf_counter() - started
-    svc = request.app[SERVICE]
+    app = request.app
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "other"
-    svc.metrics.observe_request(route, response.status, duration)
+    app[SERVICE].metrics.observe_request(route, response.status, duration)
     if path not in QUIET_PATHS:
-        log.info(
+        app[REQUEST_LOG].info(
             "request",
             method=request.method,
             path=path,
@@ -252,6 +255,7 @@ async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
 def build_app(service: Any) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=service.config.max_body_bytes)
     app[SERVICE] = service
+    app[REQUEST_LOG] = log.bind()
     app.router.add_post(INGEST_PATH, ingest)
     app.router.add_route("OPTIONS", INGEST_PATH, preflight)
     app.router.add_get("/healthz", healthz, allow_head=True)
