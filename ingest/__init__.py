@@ -5,7 +5,8 @@
     POST /api/v1/ingest/events                                     ingest/http.py
         │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
         ▼
-    validate ── bad events rejected by index, with a reason        ingest/validate.py
+    validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
+        │       index, with a reason; object values kept as sent
         │  row lines (JSONCompactEachRow, received_at stamped once) per request
         ▼
     buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py
