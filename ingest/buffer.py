@@ -54,7 +54,7 @@ class Batch:
     chunks they were admitted in (never joined on the event loop), how many, and how many
     per project id (for the usage hook)."""
 
-    parts: list[bytes | bytearray]
+    parts: list[bytes]
     count: int
     projects: dict[int, int]
 
@@ -63,7 +63,7 @@ class Batch:
         return b"".join(self.parts)
 
 
-def _split(data: bytes | bytearray, n: int) -> int:
+def _split(data: bytes, n: int) -> int:
     """Offset just past the ``n``-th line of ``data``."""
     end = 0
     for _ in range(n):
@@ -81,7 +81,7 @@ class Buffer:
         self.duplicates_dropped = 0
         self.typical_request = 0.0  # moving average of events per admitted request
         # (a request's row lines, how many, its project id)
-        self._chunks: deque[tuple[bytes | bytearray, int, int]] = deque()
+        self._chunks: deque[tuple[bytes, int, int]] = deque()
         self._queued = 0
         self._ready = asyncio.Event()
         self._recent = RecentIds()
@@ -98,7 +98,7 @@ class Buffer:
 
     def admit(
         self,
-        data: bytes | bytearray,
+        data: bytes,
         count: int,
         project_id: int,
         client_ids: Sequence[tuple[int, int]] = (),
@@ -139,7 +139,7 @@ class Buffer:
 
     def take(self, limit: int) -> Batch | None:
         """Remove and return up to ``limit`` queued events (they stay pending)."""
-        parts: list[bytes | bytearray] = []
+        parts: list[bytes] = []
         projects: dict[int, int] = {}
         count = 0
         chunks = self._chunks

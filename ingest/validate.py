@@ -211,8 +211,9 @@ class _SdkEnvelope(Struct, forbid_unknown_fields=True, gc=False):
 
 
 class Envelope(NamedTuple):
-    """A decoded request body. ``events`` holds an :class:`Event` per event that fits
-    the common shape and the event's :class:`msgspec.Raw` text for any other."""
+    """A decoded request body. ``events`` holds an :class:`Event` (or, for a body where
+    that shape does not fit, :class:`SdkEvent`) per event that fits, and the event's
+    :class:`msgspec.Raw` text for any other."""
 
     events: list[Event | SdkEvent | Raw]
     token: Any
@@ -446,6 +447,10 @@ def validate(
             if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
                 raise Invalid("timestamp out of range")
 
+            # The three id fields, unrolled: both spellings resolved, a different camelCase
+            # value kept in extras, an int taken as its text, "" as absent (the lengths
+            # were checked while decoding). A helper called per field would add three
+            # calls (~70 ns each in CPython 3.11) to a loop of ~1 µs.
             anonymous_id = ev.anonymous_id
             alias = ev.anonymousId
             if alias is not None:
