@@ -2,7 +2,9 @@
 
 Counters and histograms are updated where things happen (per request, per flush, per
 drain pass — never per event); gauges are read from the live objects at scrape time, so
-``/metrics`` costs nothing between scrapes.
+``/metrics`` costs nothing between scrapes. The per-request pair is the exception in
+form, not in content: :meth:`Metrics.observe_request` bumps plain dicts (the hot path)
+and :class:`_RequestStats` turns them into the counter and histogram at scrape time.
 """
 
 from __future__ import annotations
