@@ -6,16 +6,8 @@ insert deduplication token, so replaying a batch that had in fact landed is a no
 On failure: the Postgres error propagates; the flusher then keeps the batch in memory
 and sets the fatal flag.
 
-The payload (``batch`` JSONB) is a stored contract, read back by future versions::
-
-    {"format": "sluice.events.v1",
-     "columns": ["event_id", "project_id", ..., "extras"],
-     "rows": [["0192…", "7f1c…", "page_view", null, ..., 1732270000123, ...], ...]}
-
-Rows are the ClickHouse column values in ``columns`` order: ids as UUID strings,
-``timestamp``/``received_at`` as epoch milliseconds (UTC), ``properties``/``extras`` as
-JSON text exactly as they will be stored. Readers map by column name, so a column added
-later is simply absent from older rows (it reads as null).
+The payload (``batch`` JSONB) is a stored contract: its format is defined in
+:mod:`ingest.rows` (``sluice.events.v1``), with the columns and the row line.
 
 This module also holds every query on ``failed_events`` (drain, depth, operator CLI), so
 the table has one owner.
@@ -28,40 +20,8 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
-from ingest.ids import uuid_str
-from ingest.validate import COLUMNS
-
-FORMAT = "sluice.events.v1"
-
-
-def encode_batch(rows: list[tuple]) -> bytes:
-    """Pipeline rows (ids as ints) → the stored payload (ids as text)."""
-    text = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in rows]
-    return orjson.dumps({"format": FORMAT, "columns": COLUMNS, "rows": text})
-
-
-def payload_rows(raw: bytes | str) -> list[list]:
-    """Payload → its rows as stored (text), in the current :data:`COLUMNS` order."""
-    doc = orjson.loads(raw)
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"unknown dead-letter payload format {doc.get('format')!r}")
-    columns = doc["columns"]
-    rows = doc["rows"]
-    if tuple(columns) == COLUMNS:
-        return rows
-    where = {name: i for i, name in enumerate(columns)}
-    picks = [where.get(name) for name in COLUMNS]
-    return [[r[i] if i is not None else None for i in picks] for r in rows]
-
-
-def decode_batch(raw: bytes | str) -> list[tuple]:
-    """Payload → pipeline rows (the inverse of :func:`encode_batch`)."""
-    return [
-        (int(r[0].replace("-", ""), 16), int(r[1].replace("-", ""), 16), *r[2:])
-        for r in payload_rows(raw)
-    ]
+from ingest.rows import COLUMNS, encode_payload, payload_rows
 
 
 class DeadLetter:
@@ -86,7 +46,7 @@ class DeadLetter:
                VALUES ($1, $2, $3, $4, 1, now(), now() + $5)
                ON CONFLICT (id) DO NOTHING""",
             uuid.UUID(batch_id),
-            encode_batch(rows),
+            encode_payload(rows),
             len(rows),
             error[:2000],
             timedelta(seconds=retry_in),
@@ -140,9 +100,20 @@ class DeadLetter:
             """UPDATE failed_events SET batch = $2, event_count = $3, last_error = $4
                WHERE id = $1""",
             row_id,
-            encode_batch(rows),
+            encode_payload(rows),
             len(rows),
             error[:2000],
+        )
+
+    @staticmethod
+    async def quarantine_as_is(conn: asyncpg.Connection, row_id: uuid.UUID, reason: str) -> None:
+        """Set a row aside without touching its payload (it cannot be decoded)."""
+        await conn.execute(
+            """UPDATE failed_events SET last_error = $2, attempt_count = attempt_count + 1,
+                      last_attempt_at = now(), quarantined_at = now()
+               WHERE id = $1""",
+            row_id,
+            reason[:2000],
         )
 
     @staticmethod
@@ -156,7 +127,7 @@ class DeadLetter:
                       quarantined_at = now()
                WHERE id = $1""",
             row_id,
-            encode_batch(rows),
+            encode_payload(rows),
             len(rows),
             reason[:2000],
         )

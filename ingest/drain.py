@@ -38,11 +38,11 @@ import asyncpg
 import structlog
 
 from ingest.buffer import Buffer
-from ingest.deadletter import FORMAT, DeadLetter, decode_batch
-from ingest.flush import TABLE, UsageHook, insert_rows, no_usage, report_usage, usage_counts
+from ingest.deadletter import DeadLetter
+from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
 from ingest.metrics import Metrics
+from ingest.rows import EVENT_ID, decode_payload, project_counts
 from ingest.state import State
-from ingest.validate import COLUMN_TYPES, COLUMNS, EVENT_ID
 from storage.clickhouse import ClickHouse, ClickHouseError
 
 log = structlog.get_logger("sluice.drain")
@@ -65,6 +65,10 @@ class _Outcome:
     counts: dict[str, int]  # landed events per project id (for the usage hook)
     landed: int
     bad: list[tuple[tuple, str]]  # (row, reason) ClickHouse refuses on its own
+
+
+class _Undecodable(Exception):
+    """A stored payload that cannot be read: the row is quarantined as it is."""
 
 
 class _Transient(Exception):
@@ -181,31 +185,24 @@ class Drain:
         )
 
     async def _attempt(self, record: asyncpg.Record) -> _Outcome:
-        """Insert one row's events. Raises :class:`_Transient`.
+        """Insert one row's events. Raises :class:`_Transient`, or :class:`_Undecodable`
+        when the stored payload cannot be read.
 
-        First as the stored document itself (the embedded engine parses it in its own
-        process); only if ClickHouse refuses the data are the events decoded here and
-        bisected."""
+        The whole row first, as row lines with the row id as the token (the flush's
+        path: a batch parked whole forms the same block as its first flush, so a batch
+        that had landed after all is deduplicated); only if ClickHouse refuses the data
+        is it bisected."""
         token = str(record["id"])
         try:
-            counts = await self.clickhouse.insert_document(
-                TABLE, record["batch"], COLUMNS, COLUMN_TYPES, token, {"format": FORMAT},
-                "project_id",
-            )  # fmt: skip
-            return _Outcome({str(p): n for p, n in counts.items()}, sum(counts.values()), [])
-        except ClickHouseError as err:
-            if err.transient:
-                raise _Transient(err, []) from err
-        rows = decode_batch(record["batch"])
+            rows = decode_payload(record["batch"])
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
         try:
-            if len(rows) == 1:
-                landed, bad = await self._insert_or_bisect(rows, token, token)
-            else:
-                landed, bad = await self._split(rows, token)
+            landed, bad = await self._insert_or_bisect(rows, token, token)
         except _Transient as exc:
             exc.rows = rows  # what is left of the row is rows minus exc.landed
             raise
-        return _Outcome(usage_counts(landed), len(landed), bad)
+        return _Outcome(project_counts(landed), len(landed), bad)
 
     async def _settle(
         self, conn: asyncpg.Connection, record: asyncpg.Record, attempt: asyncio.Task
@@ -215,13 +212,19 @@ class Drain:
         row_id: uuid.UUID = record["id"]
         try:
             outcome: _Outcome = await attempt
+        except _Undecodable as exc:
+            await self.deadletter.quarantine_as_is(conn, row_id, str(exc))
+            self.metrics.events_quarantined.inc(record["event_count"])
+            log.error("drain_quarantined", row_id=str(row_id), events=record["event_count"],
+                      reason=str(exc)[:300])  # fmt: skip
+            return 0, record["event_count"]
         except _Transient as exc:
             remaining = record["event_count"]
             if exc.landed:  # part of a bisection landed: keep only the rest in the row
                 landed_ids = {id(r) for r in exc.landed}
                 rest = [r for r in exc.rows if id(r) not in landed_ids]
                 await self.deadletter.replace_rows(conn, row_id, rest, str(exc.error))
-                self._landed(usage_counts(exc.landed), len(exc.landed))
+                self._landed(project_counts(exc.landed), len(exc.landed))
                 remaining = len(rest)
             await self.deadletter.record_failure(
                 conn, row_id, str(exc.error), backoff(record["attempt_count"] + 1)

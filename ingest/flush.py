@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,13 +37,12 @@ from ingest.buffer import Batch, Buffer
 from ingest.deadletter import DeadLetter
 from ingest.ids import uuid7, uuid_str
 from ingest.metrics import Metrics
+from ingest.rows import LINE_COLUMNS, TABLE, lines_to_rows, rows_to_lines
 from ingest.state import State
-from ingest.validate import COLUMN_TYPES, COLUMNS, LINE_COLUMNS, PROJECT_ID, lines_to_rows
 from storage.clickhouse import ClickHouse, ClickHouseError, classify
 
 log = structlog.get_logger("sluice.flush")
 
-TABLE = "events_raw_v1"
 PARK_RETRY_TRANSIENT = 1.0  # first replay of a parked batch: soon, with backoff after that
 MAX_IN_FLIGHT = 4  # batches handed to ClickHouse at once (measured: 1 left the engine idle)
 
@@ -70,14 +68,10 @@ async def insert_batch(ch: ClickHouse, batch: Batch, token: str) -> None:
 
 
 async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
-    """One column-oriented INSERT of pipeline rows (the drain's replays) with ``token``."""
-    columns = list(zip(*rows, strict=True))
-    await ch.insert_columns(TABLE, columns, COLUMNS, COLUMN_TYPES, token)
-
-
-def usage_counts(rows: list[tuple]) -> dict[str, int]:
-    """Events per project id (text) in pipeline rows."""
-    return {uuid_str(p): n for p, n in Counter(row[PROJECT_ID] for row in rows).items()}
+    """One INSERT of pipeline rows (the drain's replays) with ``token``: written as row
+    lines, so a replay reaches ClickHouse by the flush's own path and a batch replayed
+    whole forms the same block as its first flush."""
+    await ch.insert_lines(TABLE, [rows_to_lines(rows)], LINE_COLUMNS, token)
 
 
 def batch_usage(batch: Batch) -> dict[str, int]:

@@ -37,17 +37,12 @@ How: msgspec decodes the body in one typed pass into :class:`Event` structs (a s
 pass tries :class:`SdkEvent` when the plain shape does not fit), with object values kept
 as raw text (:class:`msgspec.Raw`) — no Python object per property — and the length
 limits checked in C. An event of another shape falls back to a per-event decode
-(:func:`_generic`), so the fast path never changes an outcome. Row lines are
-ClickHouse's ``JSONCompactEachRow``: one JSON array per event in :data:`LINE_COLUMNS`
-order, newline-terminated — ids as 32 hex digits, ``timestamp`` and ``received_at`` as
-epoch seconds with a millisecond fraction, ``properties`` and ``extras`` as JSON objects,
-which ClickHouse stores as the text of their String columns
-(``input_format_json_read_objects_as_strings``). The buffer and the flusher only
-concatenate lines; ClickHouse's own parser reads them. Measured per event of the
-benchmark's shape (one core, no other load): ~0.33 µs to decode and ~1.07 µs to check
-it and write its line, against ~0.83 + ~2.3 µs with orjson dicts and hand-written
-checks. :func:`lines_to_rows` turns lines back into *pipeline rows* (tuples: UUIDs as
-ints, times as epoch ms, JSON as text) for the dead-letter payload.
+(:func:`_generic`), so the fast path never changes an outcome. Each good event is
+written as its row line (the format is :mod:`ingest.rows`'s; it is written here, inline,
+because this is the hot path); the buffer and the flusher only concatenate lines, and
+ClickHouse's own parser reads them. Measured per event of the benchmark's shape (one
+core, no other load): ~0.33 µs to decode and ~1.07 µs to check it and write its line,
+against ~0.83 + ~2.3 µs with orjson dicts and hand-written checks.
 """
 
 from __future__ import annotations
@@ -62,49 +57,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 from ingest.ids import MINT_MAX, MINT_SUFFIX, mint_prefix
-
-# The ClickHouse columns of events_raw_v1, and the row layout used everywhere in the
-# pipeline (buffer, flush, dead-letter payload). Append only.
-COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "project_id",
-    "event",
-    "anonymous_id",
-    "user_id",
-    "session_id",
-    "timestamp",
-    "received_at",
-    "properties",
-    "extras",
-)
-COLUMN_TYPES: tuple[str, ...] = (
-    "UUID",
-    "UUID",
-    "LowCardinality(String)",
-    "Nullable(String)",
-    "Nullable(String)",
-    "Nullable(String)",
-    "DateTime64(3, 'UTC')",
-    "DateTime64(3, 'UTC')",
-    "String",
-    "String",
-)
-EVENT_ID, PROJECT_ID = 0, 1
-# The order of the values in a row line (see the module docstring): the two that are the
-# same for a whole request first, encoded once per request and copied per event, and
-# ``properties`` last, where validation checks its first byte in place.
-LINE_COLUMNS: tuple[str, ...] = (
-    "project_id",
-    "received_at",
-    "event_id",
-    "event",
-    "anonymous_id",
-    "user_id",
-    "session_id",
-    "timestamp",
-    "extras",
-    "properties",
-)
+from ingest.rows import lines_to_rows
 
 # Limits (documented in the README).
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -505,6 +458,7 @@ def validate(
                 more = more or {}
                 more["context"] = ev.context
 
+            client_ts = ts / 1000  # as sent: the stable part of the sort key
             if skew:
                 more = more or {}
                 more["original_timestamp"] = raw_ts
@@ -530,12 +484,12 @@ def validate(
                 eid = format(event_id, "032x")
             start = len(buf)
             encode_into((shared, eid, name, anonymous_id, user_id, session_id, ts / 1000,
-                         extras, properties), buf, -1)  # fmt: skip
+                         client_ts, extras, properties), buf, -1)  # fmt: skip
             if buf[-1 - len(properties)] != _LBRACE:  # properties is not an object
                 del buf[start:]
                 properties = _object(properties, "properties") or _EMPTY
                 encode_into((shared, eid, name, anonymous_id, user_id, session_id, ts / 1000,
-                             extras, properties), buf, -1)  # fmt: skip
+                             client_ts, extras, properties), buf, -1)  # fmt: skip
             buf.append(10)
             if len(buf) - start > MAX_EVENT_BYTES:
                 del buf[start:]
@@ -547,27 +501,6 @@ def validate(
             client_ids.append((count, event_id))
         count += 1
     return Validated(bytes(buf), count, errors, client_ids)
-
-
-_decode_line = msgspec.json.Decoder(
-    tuple[str, float, str, str, str | None, str | None, str | None, float, Raw, Raw]
-).decode
-
-
-def lines_to_rows(data: bytes) -> list[tuple]:
-    """Row lines (concatenated) → pipeline rows (:data:`COLUMNS` order): UUIDs as ints,
-    ``timestamp`` and ``received_at`` as epoch milliseconds, ``properties``/``extras``
-    as the JSON text of the line — the text ClickHouse stores for them."""
-    rows = []
-    for line in data.split(b"\n"):
-        if not line:
-            continue
-        pid, received, eid, name, anon, user, sess, ts, extras, props = _decode_line(line)
-        ts_ms, received_ms = round(ts * 1000), round(received * 1000)
-        props_json, extras_json = bytes(props).decode(), bytes(extras).decode()
-        rows.append((int(eid, 16), int(pid, 16), name, anon, user, sess, ts_ms, received_ms,
-                     props_json, extras_json))  # fmt: skip
-    return rows
 
 
 def validate_batch(

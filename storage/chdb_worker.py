@@ -8,8 +8,7 @@ process it runs on the other core.
 
 The ingest path's batches arrive as files of row lines (``insert_file``: the parent
 writes ``<directory>/.sluice-spool/*.jsonl`` and this process deletes each once
-inserted); only the path crosses the pipe. The dead-letter drain's stored documents
-(``insert_document``) and pipeline rows (``insert``) go through clickhouse-connect.
+inserted); only the path crosses the pipe. Dead-letter replays take the same path.
 
 Protocol, over the child's stdin/stdout: frames of an 8-byte little-endian length and a
 pickle. Requests are ``(id, op, args, kwargs)``; replies ``(id, ok, value)``, where a
@@ -76,19 +75,6 @@ def _quote(value: Any) -> str:
 
 
 def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
-    if op == "insert":
-        from storage.clickhouse import INSERT_SETTINGS
-
-        table, columns, names, types, token = args
-        client.insert(
-            table,
-            columns,
-            column_names=names,
-            column_type_names=types,
-            column_oriented=True,
-            settings={"insert_deduplication_token": token, **INSERT_SETTINGS},
-        )
-        return len(columns[0]) if columns else 0
     if op == "insert_file":
         from storage.clickhouse import JSON_LINE_SETTINGS
 
@@ -103,13 +89,6 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
         finally:
             os.unlink(path)
         return None
-    if op == "insert_document":
-        from storage.clickhouse import count_values, document_columns
-
-        table, document, names, types, token, expect, count_by = args
-        columns = document_columns(document, names, expect)
-        _dispatch(client, "insert", (table, columns, names, types, token), {})
-        return count_values(columns, names, count_by)
     if op == "command":
         return client.command(*args, **kwargs)
     if op == "query":

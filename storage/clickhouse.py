@@ -10,8 +10,9 @@
   async client. The client is created lazily and recreated after a failure, so Sluice
   boots and accepts while the server is unreachable.
 
-Enters: SQL, ``JSONCompactEachRow`` row lines (the ingest path: ClickHouse parses them)
-and column-oriented insert batches (the dead-letter drain). Leaves: results, or
+Enters: SQL, and ``JSONCompactEachRow`` lines with their column names and an insert
+deduplication token (ClickHouse parses them; the format of the values is the caller's
+business). Leaves: results, or
 :class:`ClickHouseError` with ``transient`` telling callers whether retrying the same
 data can ever succeed (connection refused/reset, timeouts, 5xx, "too many parts" are
 transient; the server rejecting the rows themselves is permanent).
@@ -62,10 +63,17 @@ _ERROR_NAME = re.compile(r"\(([A-Z_]{4,})\)")
 # long to notice a dead server. Either can be overridden in the URL's query string.
 DEFAULT_CONNECT_TIMEOUT = 5
 DEFAULT_SEND_RECEIVE_TIMEOUT = 30
-# Settings of every insert: a batch whose events span more than 100 months (a backfill)
-# is stored, not refused — ClickHouse's default refusal would be classified transient and
-# the batch retried forever.
-INSERT_SETTINGS = {"throw_on_max_partitions_per_insert_block": 0}
+# Settings of every insert, pinned so that a server's profile cannot change them:
+# * insert_deduplicate / async_insert: an insert's deduplication token must be honoured
+#   (a replay of a batch that landed is a no-op); an asynchronous insert would be
+#   deduplicated by other rules, or acknowledged before it is stored;
+# * a batch whose events span more than 100 months (a backfill) is stored, not refused —
+#   ClickHouse's default refusal would be classified transient and retried forever.
+INSERT_SETTINGS = {
+    "insert_deduplicate": 1,
+    "async_insert": 0,
+    "throw_on_max_partitions_per_insert_block": 0,
+}
 # And of every row-line insert: a JSON object bound for a String column is stored as its
 # text (the default in ClickHouse ≥ 23, set so a server's profile cannot change it); and
 # one parsing thread per insert — measured in the accept phase, the engine process spent
@@ -119,20 +127,6 @@ class ClickHouse:
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         raise NotImplementedError
 
-    async def insert_columns(
-        self,
-        table: str,
-        columns: Sequence[Sequence[Any]],
-        column_names: Sequence[str],
-        column_types: Sequence[str],
-        dedup_token: str,
-    ) -> int:
-        """Insert one column-oriented block with an insert deduplication token.
-
-        Returns the number of rows sent. Raises :class:`ClickHouseError`.
-        """
-        raise NotImplementedError
-
     async def insert_lines(
         self, table: str, parts: Sequence[bytes], column_names: Sequence[str], dedup_token: str
     ) -> None:
@@ -143,60 +137,8 @@ class ClickHouse:
         encoded in Python. Raises :class:`ClickHouseError`."""
         raise NotImplementedError
 
-    async def insert_document(
-        self,
-        table: str,
-        document: bytes,
-        column_names: Sequence[str],
-        column_types: Sequence[str],
-        dedup_token: str,
-        expect: dict[str, Any],
-        count_by: str,
-    ) -> dict[Any, int]:
-        """Insert the rows of a columnar JSON document ``{"columns": [...], "rows":
-        [[...], ...], **expect}``: values are mapped to ``column_names`` by name (a
-        column the document lacks is null). Returns the number of rows per value of
-        column ``count_by``. Raises ``ValueError`` when a top-level key differs from
-        ``expect``, :class:`ClickHouseError` when ClickHouse refuses.
-
-        The embedded transport parses the document in its engine process, so replaying
-        a large stored batch costs the caller a memcpy, not a JSON parse."""
-        columns = document_columns(document, column_names, expect)
-        await self.insert_columns(table, columns, column_names, column_types, dedup_token)
-        return count_values(columns, column_names, count_by)
-
     async def close(self) -> None:
         raise NotImplementedError
-
-
-def count_values(
-    columns: Sequence[Sequence[Any]], column_names: Sequence[str], name: str
-) -> dict[Any, int]:
-    from collections import Counter
-
-    return dict(Counter(columns[list(column_names).index(name)]))
-
-
-def document_columns(
-    document: bytes, column_names: Sequence[str], expect: dict[str, Any]
-) -> list[tuple]:
-    """The columns of a columnar JSON document, in ``column_names`` order."""
-    import orjson
-
-    doc = orjson.loads(document)
-    for key, value in expect.items():
-        if doc.get(key) != value:
-            raise ValueError(f"document {key} is {doc.get(key)!r}, expected {value!r}")
-    rows = doc["rows"]
-    present = doc["columns"]
-    if list(present) == list(column_names):
-        return list(zip(*rows, strict=True)) if rows else [() for _ in column_names]
-    where = {name: i for i, name in enumerate(present)}
-    out = []
-    for name in column_names:
-        i = where.get(name)
-        out.append(tuple(r[i] for r in rows) if i is not None else (None,) * len(rows))
-    return out
 
 
 class EmbeddedClickHouse(ClickHouse):
@@ -315,18 +257,6 @@ class EmbeddedClickHouse(ClickHouse):
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         return await self._call("query", sql, parameters=parameters)
 
-    async def insert_columns(
-        self,
-        table: str,
-        columns: Sequence[Sequence[Any]],
-        column_names: Sequence[str],
-        column_types: Sequence[str],
-        dedup_token: str,
-    ) -> int:
-        return await self._call(
-            "insert", table, columns, list(column_names), list(column_types), dedup_token
-        )
-
     async def insert_lines(
         self, table: str, parts: Sequence[bytes], column_names: Sequence[str], dedup_token: str
     ) -> None:
@@ -341,21 +271,6 @@ class EmbeddedClickHouse(ClickHouse):
         except BaseException:
             file.unlink(missing_ok=True)
             raise
-
-    async def insert_document(
-        self,
-        table: str,
-        document: bytes,
-        column_names: Sequence[str],
-        column_types: Sequence[str],
-        dedup_token: str,
-        expect: dict[str, Any],
-        count_by: str,
-    ) -> dict[Any, int]:
-        return await self._call(
-            "insert_document", table, document, list(column_names), list(column_types),
-            dedup_token, expect, count_by,
-        )  # fmt: skip
 
     async def close(self) -> None:
         """Let the child finish what it was asked, then stop it (it exits on EOF)."""
@@ -459,25 +374,6 @@ class HttpClickHouse(ClickHouse):
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         result = await self._call("query", sql, parameters=parameters)
         return list(result.result_rows)
-
-    async def insert_columns(
-        self,
-        table: str,
-        columns: Sequence[Sequence[Any]],
-        column_names: Sequence[str],
-        column_types: Sequence[str],
-        dedup_token: str,
-    ) -> int:
-        await self._call(
-            "insert",
-            table,
-            columns,
-            column_names=list(column_names),
-            column_type_names=list(column_types),
-            column_oriented=True,
-            settings={"insert_deduplication_token": dedup_token, **INSERT_SETTINGS},
-        )
-        return len(columns[0]) if columns else 0
 
     async def insert_lines(
         self, table: str, parts: Sequence[bytes], column_names: Sequence[str], dedup_token: str

@@ -7,7 +7,11 @@ Files live in ``migrations/postgres/NNNN_name.sql`` and ``migrations/clickhouse/
   once apply each file exactly once.
 * ClickHouse: applied versions are rows of ``sluice_schema_migrations``. ClickHouse has no
   transactional DDL, so every statement must be idempotent (``IF NOT EXISTS``); a file that
-  fails half-way is simply run again.
+  fails half-way is simply run again. A change no idempotent statement can express (a
+  new sort key: copy, then swap tables) is a Python file ``NNNN_name.py`` defining
+  ``async def up(ch)``, which looks at the store's state before each step, so running it
+  again after a failure at any point is safe. Its docstring is what ``migrate dry-run``
+  shows.
 
 Enters: a pool or a :class:`~storage.clickhouse.ClickHouse`. Leaves: the versions applied.
 On failure: the store's error propagates; nothing after the failing file is applied.
@@ -15,6 +19,8 @@ On failure: the store's error propagates; nothing after the failing file is appl
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,7 @@ import asyncpg
 from storage.clickhouse import ClickHouse
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 _PG_LOCK_KEY = 0x5C1CE  # advisory lock id for "sluice migrations"
 
 
@@ -35,8 +41,25 @@ class Migration:
     path: Path
 
     @property
+    def is_python(self) -> bool:
+        return self.path.suffix == ".py"
+
+    @property
     def sql(self) -> str:
+        """The SQL text (for a Python migration: its docstring, as SQL comments)."""
+        if self.is_python:
+            doc = ast.get_docstring(ast.parse(self.path.read_text())) or ""
+            return "\n".join(f"-- {line}".rstrip() for line in doc.splitlines())
         return self.path.read_text()
+
+    async def run_python(self, ch: ClickHouse) -> None:
+        spec = importlib.util.spec_from_file_location(
+            f"sluice_migration_{self.path.parent.name}_{self.version:04d}", self.path
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        await module.up(ch)
 
     def statements(self) -> list[str]:
         """Split on ``;`` at line ends (ClickHouse takes one statement per call)."""
@@ -56,9 +79,9 @@ class MigrationStatus:
 def discover(store: str, root: Path = MIGRATIONS_DIR) -> list[Migration]:
     """The migrations of ``store`` ("postgres" or "clickhouse"), in version order."""
     found = []
-    for path in sorted((root / store).glob("*.sql")):
+    for path in sorted(p for p in (root / store).iterdir() if p.suffix in (".sql", ".py")):
         match = _FILE.match(path.name)
-        if not match:
+        if not match or (store != "clickhouse" and path.suffix == ".py"):
             raise ValueError(f"migration file {path} is not named NNNN_name.sql")
         found.append(Migration(int(match.group(1)), match.group(2), path))
     versions = [m.version for m in found]
@@ -147,8 +170,11 @@ async def clickhouse_up(ch: ClickHouse) -> list[Migration]:
     for migration in discover("clickhouse"):
         if migration.version in applied:
             continue
-        for statement in migration.statements():
-            await ch.command(statement)
+        if migration.is_python:
+            await migration.run_python(ch)
+        else:
+            for statement in migration.statements():
+                await ch.command(statement)
         await ch.command(
             "INSERT INTO sluice_schema_migrations (version, name) VALUES "
             f"({migration.version}, '{migration.name}')"

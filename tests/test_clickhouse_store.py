@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 from support import clickhouse_rows, free_port
 
-from ingest.flush import TABLE, insert_rows
+from ingest.flush import insert_rows
 from ingest.ids import uuid_str
+from ingest.rows import LINE_COLUMNS, TABLE, lines_to_rows, rows_to_lines
 from ingest.validate import (
-    LINE_COLUMNS,
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     decode_request,
-    lines_to_rows,
     validate,
     validate_batch,
     validate_rows,
@@ -122,18 +121,21 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
         path,
         "SELECT toString(event_id), toString(project_id), event, anonymous_id, user_id, "
         "session_id, toUnixTimestamp64Milli(timestamp), toUnixTimestamp64Milli(received_at), "
-        "properties, extras FROM events_raw_v1",
+        "properties, extras, toUnixTimestamp64Milli(client_timestamp) FROM events_raw_v1",
     )
     expected = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in lines_to_rows(data)]
+    assert rows_to_lines(lines_to_rows(data)) == data  # the replay path writes the same lines
     assert sorted(stored) == sorted(expected)
     assert len(stored) == len(events) + 1
     by_name = {r[2]: r for r in expected}
-    assert by_name["as-sent"][8:] == (
+    assert by_name["as-sent"][8:10] == (
         '{"a" : 1e2, "b":"\\u00e9\\"", "c": 123456789012345678901234567890 }',
         '{ "k" : [ ] }',
     )
     assert by_name["ε"][6] == MIN_TIMESTAMP_MS + 5 and by_name["late"][6] == now  # clamped
     assert by_name["before-epoch"][6] == -1 + 5
+    # client_timestamp is the time as sent: no skew correction, no clamp.
+    assert (by_name["ε"][10], by_name["late"][10]) == (MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS - 1)
     assert json.loads(by_name["tricky"][8]) == json.loads(json.dumps(TRICKY))
     assert str(uuid.UUID(events[0]["uuid"])) == by_name["tricky"][0]
 

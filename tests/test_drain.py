@@ -19,11 +19,12 @@ import pytest
 from support import free_port
 
 from ingest.buffer import Buffer
-from ingest.deadletter import DeadLetter, decode_batch
+from ingest.deadletter import DeadLetter
 from ingest.drain import BACKOFF_CAP, Drain, backoff
 from ingest.flush import Flusher
 from ingest.ids import uuid_str
 from ingest.metrics import Metrics
+from ingest.rows import decode_payload
 from ingest.state import State
 from ingest.validate import validate_batch, validate_rows
 from storage.clickhouse import ClickHouse, HttpClickHouse, open_clickhouse
@@ -169,7 +170,7 @@ async def test_a_poison_event_is_bisected_out_and_quarantined_alone(pool, ch) ->
     left = await pool.fetchrow("SELECT * FROM failed_events")
     assert left["id"] == row_id and left["quarantined_at"] is not None
     assert left["event_count"] == 1
-    assert decode_batch(left["batch"]) == poison
+    assert decode_payload(left["batch"]) == poison
     assert "VIOLATED_CONSTRAINT" in left["last_error"]
     # Quarantined rows are not replayed again.
     assert await drain.pass_once() == (0, False)

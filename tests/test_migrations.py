@@ -91,6 +91,7 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
         ("received_at", "DateTime64(3, 'UTC')"),
         ("properties", "String"),
         ("extras", "String"),
+        ("client_timestamp", "DateTime64(3, 'UTC')"),
     ]
     (engine, sorting, partition, default_kinds) = clickhouse_rows(
         path,
@@ -99,9 +100,14 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
         "FROM system.tables WHERE name = 'events_raw_v1'",
     )[0]
     assert engine == "ReplacingMergeTree"
-    assert sorting.startswith("project_id, timestamp, event")
-    assert partition == "toYYYYMM(timestamp)"
-    assert set(default_kinds) == {""}  # received_at is stamped by Sluice, never defaulted
+    assert sorting == "project_id, toDate(client_timestamp), event, client_timestamp, event_id"
+    assert partition == "toYYYYMM(client_timestamp)"
+    # received_at is stamped by Sluice, never defaulted; client_timestamp defaults to
+    # timestamp only for rows that lack it (stored before 0002).
+    assert default_kinds == [""] * 10 + ["DEFAULT"]
+    # A fresh install keeps no copy of the (empty) table 0002 replaced.
+    assert clickhouse_rows(path, "SELECT count() FROM system.tables "
+                           "WHERE name LIKE 'events_raw_v1_%'") == [(0,)]  # fmt: skip
 
 
 def test_migrate_cli_status_up_dry_run(tmp_path: Path, database_url: str) -> None:
@@ -126,3 +132,42 @@ def test_migrate_cli_status_up_dry_run(tmp_path: Path, database_url: str) -> Non
     assert again == {"postgres": {"applied": []}, "clickhouse": {"applied": []}}
     status = sluice("status")
     assert status["postgres"]["pending"] == 0 and status["clickhouse"]["pending"] == 0
+
+
+def test_0002_carries_stored_rows_over_and_completes_a_run_cut_short(tmp_path: Path) -> None:
+    """An install at 0001 with rows: 0002 copies them (client_timestamp = timestamp) and
+    keeps the old table aside; running 0002 again (as after a crash before its
+    bookkeeping row was written) changes nothing."""
+    path = tmp_path / "ch"
+    first, second = discover("clickhouse")[:2]
+
+    async def run() -> None:
+        ch = await open_clickhouse(f"chdb://{path}")
+        try:
+            await ch.command(
+                "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (version UInt32, "
+                "name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+                "ENGINE = ReplacingMergeTree ORDER BY version"
+            )
+            for statement in first.statements():
+                await ch.command(statement)
+            await ch.command(
+                f"INSERT INTO sluice_schema_migrations (version, name) VALUES (1, '{first.name}')"
+            )
+            await ch.command(
+                "INSERT INTO events_raw_v1 (event_id, project_id, event, timestamp, received_at,"
+                " properties, extras) VALUES (generateUUIDv4(), generateUUIDv4(), 'old', "
+                "'2026-01-02 03:04:05.678', '2026-01-02 03:04:06', '{}', '{}')"
+            )
+            assert [m.version for m in await clickhouse_up(ch)] == [2]
+            await second.run_python(ch)
+        finally:
+            await ch.close()
+
+    asyncio.run(run())
+    assert clickhouse_rows(
+        path, "SELECT event, toString(client_timestamp), toString(timestamp) FROM events_raw_v1"
+    ) == [("old", "2026-01-02 03:04:05.678", "2026-01-02 03:04:05.678")]
+    assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1_pre0002") == [(1,)]
+    assert clickhouse_rows(path, "SELECT count() FROM system.tables "
+                           "WHERE name = 'events_raw_v1_next'") == [(0,)]  # fmt: skip

@@ -8,15 +8,14 @@ import uuid
 import pytest
 from msgspec import Raw
 
+from ingest.rows import COLUMNS, lines_to_rows
 from ingest.validate import (
-    COLUMNS,
     MAX_EVENT_BYTES,
     MAX_NAME_CHARS,
     BadRequest,
     Event,
     SdkEvent,
     decode_request,
-    lines_to_rows,
     parse_timestamp,
     validate,
     validate_batch,

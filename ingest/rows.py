@@ -1,0 +1,169 @@
+"""The row contract: the columns of ``events_raw_v1``, the row line, the dead-letter payload.
+
+Everything Sluice stores about an event passes through one of three shapes, all defined
+here so that validation, flushing, the write-ahead log, the dead-letter table and the
+drain agree on them (``storage/`` sees only column names and bytes):
+
+* **Pipeline row** — a tuple in :data:`COLUMNS` order: ``event_id`` and ``project_id``
+  as 128-bit ints, ``timestamp``, ``received_at`` and ``client_timestamp`` as epoch
+  milliseconds (UTC), ``properties``/``extras`` as JSON text exactly as stored.
+* **Row line** — what ClickHouse ingests (``JSONCompactEachRow``): one JSON array per
+  event in :data:`LINE_COLUMNS` order, newline-terminated; ids as 32 hex digits, times as
+  epoch seconds with a millisecond fraction, ``properties``/``extras`` as JSON objects
+  that ClickHouse stores as the text of their String columns
+  (``input_format_json_read_objects_as_strings``). :mod:`ingest.validate` writes them
+  (inline, it is the hot path); :func:`rows_to_lines` writes them from pipeline rows, so
+  a replay goes into ClickHouse by the very path a flush takes.
+* **Dead-letter payload** (``failed_events.batch``, format :data:`FORMAT`)::
+
+      {"format": "sluice.events.v1",
+       "columns": ["event_id", "project_id", ..., "client_timestamp"],
+       "rows": [["0192…", "7f1c…", "page_view", null, ..., 1732270000123, ...], ...]}
+
+  Pipeline rows with ids as UUID text. Readers map by column name, so a column added
+  later is absent from older rows: :func:`payload_rows` fills it (``client_timestamp``
+  from ``timestamp``, which is what migration 0002 did for stored rows).
+
+Append-only: a column is added at the end of :data:`COLUMNS`, never renamed or retyped
+(ClickHouse rows and parked payloads are read back by future versions).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import msgspec
+import orjson
+from msgspec import Raw
+
+from ingest.ids import uuid_str
+
+COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "project_id",
+    "event",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "timestamp",  # the client's time, corrected for its clock skew (what queries use)
+    "received_at",  # stamped once when the request was accepted
+    "properties",
+    "extras",
+    # The client's own timestamp, as sent (no skew correction, no clamp): the same on
+    # every retry of an event, so it can sit in the sort key (migration 0002).
+    "client_timestamp",
+)
+COLUMN_TYPES: tuple[str, ...] = (
+    "UUID",
+    "UUID",
+    "LowCardinality(String)",
+    "Nullable(String)",
+    "Nullable(String)",
+    "Nullable(String)",
+    "DateTime64(3, 'UTC')",
+    "DateTime64(3, 'UTC')",
+    "String",
+    "String",
+    "DateTime64(3, 'UTC')",
+)
+EVENT_ID, PROJECT_ID, TIMESTAMP, CLIENT_TIMESTAMP = 0, 1, 6, 10
+# The order of the values in a row line: the two that are the same for a whole request
+# first (validation encodes them once per request and copies them into each line), and
+# ``properties`` last, where validation checks its first byte in place.
+LINE_COLUMNS: tuple[str, ...] = (
+    "project_id",
+    "received_at",
+    "event_id",
+    "event",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "timestamp",
+    "client_timestamp",
+    "extras",
+    "properties",
+)
+
+FORMAT = "sluice.events.v1"  # the dead-letter payload format; readers check it
+TABLE = "events_raw_v1"
+
+_LINE = tuple[str, float, str, str, str | None, str | None, str | None, float, float, Raw, Raw]
+_decode_line = msgspec.json.Decoder(_LINE).decode
+_encode_into = msgspec.json.Encoder().encode_into
+_LBRACE = ord("{")
+
+
+def lines_to_rows(data: bytes) -> list[tuple]:
+    """Row lines (concatenated) → pipeline rows: ``properties``/``extras`` as the JSON
+    text of the line — the text ClickHouse stores for them."""
+    rows = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        pid, received, eid, name, anon, user, sess, ts, client_ts, extras, props = _decode_line(
+            line
+        )
+        rows.append((int(eid, 16), int(pid, 16), name, anon, user, sess, round(ts * 1000),
+                     round(received * 1000), bytes(props).decode(), bytes(extras).decode(),
+                     round(client_ts * 1000)))  # fmt: skip
+    return rows
+
+
+def _json_value(text: str) -> Raw | str:
+    """A stored ``properties``/``extras`` text as a line value: an object is written as
+    itself (ClickHouse stores its text), anything else as a JSON string of the text."""
+    return Raw(text.encode()) if text[:1] == "{" else text
+
+
+def rows_to_lines(rows: Iterable[tuple]) -> bytes:
+    """Pipeline rows → row lines (concatenated), the inverse of :func:`lines_to_rows`."""
+    buf = bytearray()
+    for r in rows:
+        _encode_into((format(r[1], "032x"), r[7] / 1000, format(r[0], "032x"), r[2], r[3],
+                      r[4], r[5], r[6] / 1000, r[10] / 1000, _json_value(r[9]),
+                      _json_value(r[8])), buf, -1)  # fmt: skip
+        buf.append(10)
+    return bytes(buf)
+
+
+def project_counts(rows: Iterable[tuple]) -> dict[str, int]:
+    """Events per project id (text) in pipeline rows."""
+    return {uuid_str(p): n for p, n in Counter(row[PROJECT_ID] for row in rows).items()}
+
+
+# --- the dead-letter payload ------------------------------------------------------------
+
+
+def encode_payload(rows: list[tuple]) -> bytes:
+    """Pipeline rows → the stored payload (ids as text)."""
+    text = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in rows]
+    return orjson.dumps({"format": FORMAT, "columns": COLUMNS, "rows": text})
+
+
+def payload_rows(raw: bytes | str) -> list[list]:
+    """Payload → its rows as stored (ids as text), in the current :data:`COLUMNS` order.
+    Raises ``ValueError`` for anything that is not a payload of :data:`FORMAT`."""
+    doc = orjson.loads(raw)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"unknown dead-letter payload format {found!r}")
+    columns = doc["columns"]
+    rows = doc["rows"]
+    if tuple(columns) == COLUMNS:
+        return rows
+    where = {name: i for i, name in enumerate(columns)}
+    picks = [where.get(name) for name in COLUMNS]
+    out = [[r[i] if i is not None else None for i in picks] for r in rows]
+    if "client_timestamp" not in where:  # parked before migration 0002
+        for row in out:
+            row[CLIENT_TIMESTAMP] = row[TIMESTAMP]
+    return out
+
+
+def decode_payload(raw: bytes | str) -> list[tuple]:
+    """Payload → pipeline rows (the inverse of :func:`encode_payload`)."""
+    return [
+        (int(r[0].replace("-", ""), 16), int(r[1].replace("-", ""), 16), *r[2:])
+        for r in payload_rows(raw)
+    ]
