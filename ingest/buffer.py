@@ -48,6 +48,16 @@ class RecentIds:
         return len(self._keys)
 
 
+class Refused(Exception):
+    """A request's events were not accepted (503): ``reason`` for the client, and the
+    seconds it should wait (``Retry-After``)."""
+
+    def __init__(self, reason: str, retry_after: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 @dataclass(slots=True)
 class Batch:
     """Events on their way to ClickHouse: row lines (:mod:`ingest.validate`) in the
@@ -96,7 +106,12 @@ class Buffer:
         read, so that under overload a refusal costs microseconds, not a parse."""
         return self.pending + self.typical_request > self.capacity
 
-    def admit(
+    async def admit(self, data: bytes, count: int, project_id: int) -> None:
+        """Take all ``count`` row lines in ``data`` or none. Raises :class:`Refused`."""
+        if not self.admit_now(data, count, project_id):
+            raise Refused("ingest buffer full", "1")
+
+    def admit_now(
         self,
         data: bytes,
         count: int,

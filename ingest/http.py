@@ -23,6 +23,7 @@ from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from aiohttp.web_protocol import RequestPayloadError
 
 from ingest import __version__
+from ingest.buffer import Refused
 from ingest.ids import uuid_str
 from ingest.metrics import CONTENT_TYPE
 from ingest.validate import (
@@ -133,9 +134,12 @@ async def ingest(request: web.Request) -> web.Response:
     # invalid events' worth of room is left unused.)
     if buffer.pending + len(events) > buffer.capacity:
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
-    data, accepted, errors, client_ids = validate(events, project_id, received_at, sent_at)
-    if accepted and not buffer.admit(data, accepted, project_id, client_ids):
-        return _error(503, "ingest buffer full", {"Retry-After": "1"})
+    data, accepted, errors, _ = validate(events, project_id, received_at, sent_at)
+    if accepted:
+        try:  # returns once the events are durable (INGEST_DURABILITY)
+            await buffer.admit(data, accepted, project_id)
+        except Refused as exc:  # nothing of this request was accepted
+            return _error(503, exc.reason, {"Retry-After": exc.retry_after})
 
     metrics = svc.metrics
     if accepted:

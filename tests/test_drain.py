@@ -66,7 +66,7 @@ def make_lines(n: int, project: int) -> list[bytes]:
 
 
 def admit(buffer: Buffer, lines: list[bytes], project: int) -> bool:
-    return buffer.admit(b"".join(lines), len(lines), project)
+    return buffer.admit_now(b"".join(lines), len(lines), project)
 
 
 def drain_for(pool, ch, usage=None, limit: int = 10) -> tuple[Drain, State, Metrics]:
