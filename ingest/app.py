@@ -5,19 +5,24 @@ Boot (``sluice serve``):
 1. Postgres: ``DATABASE_URL``, or the embedded server under ``$DATA_DIR/postgres``.
    It must answer within :data:`storage.postgres.BOOT_RETRY_SECONDS`, else exit 1.
 2. Postgres migrations (idempotent, advisory-locked).
-3. ClickHouse: the embedded engine must open (else exit 1); a server may be down — its
-   migrations are retried in the background and batches park in ``failed_events``
-   meanwhile.
-4. Flusher and drain tasks, then the HTTP listener.
+3. ClickHouse: the embedded engine must open (else exit 1; a directory still held by
+   the engine of a server killed a moment ago is waited for); a server may be down —
+   its migrations are retried in the background and batches park in ``failed_events``.
+4. The write-ahead log (``INGEST_DURABILITY=fsync``): lock ``INGEST_WAL_DIR`` and queue
+   every whole batch a dead process left in it, ahead of anything new (each under its
+   original id, so a batch that had landed is not stored twice).
+5. Flusher and drain tasks, the event-loop stall monitor, then the HTTP listener.
 
-Shutdown (SIGTERM/SIGINT):
+Shutdown (SIGTERM/SIGINT) has one deadline, ``INGEST_SHUTDOWN_GRACE`` from the signal:
 
 1. stop admitting: ingest answers 503 "ingest disabled", ``/readyz`` 503 — for
    :func:`readyz_lead` seconds the listener stays open so a load balancer sees it;
-2. close the listener and let in-flight requests finish;
-3. flush the buffer within ``INGEST_SHUTDOWN_GRACE``;
-4. whatever ClickHouse did not take goes to ``failed_events``; exit 0. Exit 1 only if
-   some events could be stored nowhere (both stores down), with their count logged.
+2. close the listener and let in-flight requests finish (bounded);
+3. stop the drain; flush (or park) what is buffered until the deadline, less a reserve
+   for closing the stores (:data:`CLOSE_RESERVE`);
+4. exit 0 when everything is in a store; exit 3 when batches stay in the write-ahead log
+   for the next boot (logged with their count); exit 1 when events were lost (only
+   possible with ``INGEST_DURABILITY=memory`` and both stores down).
 
 Nothing here is module-level state: two services can run in one process (tests).
 """
@@ -47,12 +52,16 @@ from ingest.flush import Flusher, UsageHook, no_usage
 from ingest.http import build_app
 from ingest.metrics import Metrics
 from ingest.state import State
+from ingest.wal import Wal, WalLocked
 from storage.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, open_clickhouse
 from storage.migrations import clickhouse_up, postgres_up
 from storage.postgres import EmbeddedPostgres, close_pool, create_pool
 
 log = structlog.get_logger("sluice.app")
 
+EXIT_OK, EXIT_LOST, EXIT_LEFT_IN_LOG = 0, 1, 3
+CLOSE_RESERVE = 1.0  # seconds of the grace kept for closing the stores (at most 20% of it)
+STALL_PROBE = 0.05  # the stall monitor's tick; a tick later than this is a stall
 CLICKHOUSE_MIGRATE_RETRY = 2.0  # seconds between attempts while a server is unreachable
 BOOT_CLICKHOUSE_WAIT = 5.0  # a ClickHouse server slower than this at boot is retried later
 
@@ -92,6 +101,8 @@ class Service:
     resolver: TokenResolver
     flusher: Flusher
     drain: Drain
+    wal: Wal | None = None
+    stalls: StallMonitor = field(default_factory=lambda: StallMonitor())
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
@@ -106,11 +117,69 @@ class Service:
             "sluice_token_cache_hits": ("Token lookups answered from cache", r.hits),
             "sluice_token_cache_misses": ("Token lookups sent to Postgres", r.misses),
             "sluice_token_stale_served": ("Stale entries served: Postgres failed", r.stale_served),
-            "sluice_duplicate_events_dropped": (
-                "Client retries not stored twice",
-                b.duplicates_dropped,
+            "sluice_event_loop_max_stall_seconds": (
+                "Longest event-loop stall seen since boot",
+                self.stalls.max_stall,
+            ),
+            **self._wal_gauges(),
+        }
+
+    def _wal_gauges(self) -> dict[str, tuple[str, float]]:
+        if self.wal is None:
+            return {}
+        w = self.wal.stats
+        return {
+            "sluice_wal_bytes": ("Bytes of the write-ahead log not yet released", w.bytes),
+            "sluice_wal_max_bytes": ("INGEST_WAL_MAX_BYTES", self.wal.max_bytes),
+            "sluice_wal_failing": ("1 while the last log write or sync failed", w.failing),
+        }
+
+    def _counters(self) -> dict[str, tuple[str, float]]:
+        out = {
+            "sluice_event_loop_stalls": (
+                f"Event-loop ticks more than {STALL_PROBE * 1000:.0f} ms late",
+                self.stalls.stalls,
             ),
         }
+        if self.wal is not None:
+            w = self.wal.stats
+            out.update(
+                {
+                    "sluice_wal_syncs": ("Log group commits (one fdatasync each)", w.syncs),
+                    "sluice_wal_records": ("Requests made durable in the log", w.records),
+                    "sluice_wal_write_failures": ("Failed log writes or syncs", w.failures),
+                    "sluice_wal_torn_records": ("Torn records dropped at boot", w.torn_records),
+                    "sluice_wal_corrupt_segments": (
+                        "Corrupt segments moved aside at boot",
+                        w.corrupt_segments,
+                    ),
+                    "sluice_wal_recovered_events": (
+                        "Events recovered from the log at boot",
+                        w.recovered_events,
+                    ),
+                }
+            )
+        return out
+
+
+class StallMonitor:
+    """Measures how late the event loop runs a tick: every stall is a moment in which no
+    request was served. ``max_stall`` (seconds) and ``stalls`` are read by /metrics."""
+
+    def __init__(self) -> None:
+        self.max_stall = 0.0
+        self.stalls = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + STALL_PROBE
+            await asyncio.sleep(STALL_PROBE)
+            late = loop.time() - expected
+            if late > STALL_PROBE:
+                self.stalls += 1
+            if late > self.max_stall:
+                self.max_stall = late
 
 
 async def connect_postgres(config: Config) -> asyncpg.Pool:
@@ -138,7 +207,28 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
         await close_pool(pool)
         raise BootError(f"ClickHouse ({config.clickhouse_url}): {exc}") from exc
 
-    buffer = Buffer(config.event_buffer, config.flush_events)
+    wal: Wal | None = None
+    recovered: list[Any] = []
+    if config.durability == "fsync":
+        wal = Wal(config.wal_dir, config.wal_max_bytes)
+        try:
+            recovered = await asyncio.to_thread(wal.open)
+        except (WalLocked, OSError) as exc:
+            await clickhouse.close()
+            await close_pool(pool)
+            raise BootError(f"write-ahead log: {exc}") from exc
+    buffer = Buffer(config.event_buffer, config.flush_events, wal)
+    if recovered:
+        events = buffer.restore(recovered)
+        assert wal is not None
+        log.warning(
+            "wal_recovered",
+            batches=len(recovered),
+            events=events,
+            torn_records=wal.stats.torn_records,
+            corrupt_segments=wal.stats.corrupt_segments,
+            detail="left by a process that did not finish; flushed before anything new",
+        )
     deadletter = DeadLetter(pool)
     resolver = TokenResolver(
         lambda token: projects.lookup(pool, token),
@@ -161,24 +251,28 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
         deadletter,
         state,
         metrics,
-        flush_events=config.flush_events,
         flush_interval=config.flush_interval,
         usage_hook=usage_hook,
         on_recovery=drain.kick,
     )
     service = Service(
-        config, state, metrics, buffer, pool, clickhouse, deadletter, resolver, flusher, drain
-    )
+        config, state, metrics, buffer, pool, clickhouse, deadletter, resolver, flusher, drain,
+        wal,
+    )  # fmt: skip
     metrics.add_gauges(service._gauges)
+    metrics.add_counters(service._counters)
     try:
         await drain.refresh_depth()
         await _migrate_clickhouse(service)
     except BaseException:
+        if wal is not None:
+            await wal.close()
         await clickhouse.close()
         await close_pool(pool)
         raise
-    service.tasks.append(asyncio.create_task(flusher.run(), name="flusher"))
+    service.tasks.append(flusher.start())
     service.tasks.append(asyncio.create_task(drain.run(), name="drain"))
+    service.tasks.append(asyncio.create_task(service.stalls.run(), name="stall-monitor"))
     return service
 
 
@@ -216,25 +310,36 @@ async def _migrate_later(service: Service) -> None:
         return
 
 
-async def stop_service(service: Service) -> int:
-    """Shutdown steps 3–4 (the listener is already closed). Returns events lost."""
+async def stop_service(service: Service, deadline: float | None = None) -> int:
+    """Shutdown step 3 (the listener is already closed), by ``deadline``
+    (``time.monotonic``; default: the grace from now). Returns the events no store took
+    (left in the log, or lost without one)."""
+    if deadline is None:
+        deadline = time.monotonic() + service.config.shutdown_grace
+    grace = service.config.shutdown_grace
+    reserve = min(CLOSE_RESERVE, grace * 0.2)
     service.state.shutting_down = True
     service.drain.stop()
-    drain_task = next((t for t in service.tasks if t.get_name() == "drain"), None)
-    if drain_task is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(drain_task), service.config.shutdown_grace / 2)
-        except TimeoutError:
-            drain_task.cancel()  # its transaction rolls back; rows stay in failed_events
-    lost = await service.flusher.stop(service.config.shutdown_grace)
-    for task in service.tasks:
-        task.cancel()
-    await asyncio.gather(*service.tasks, return_exceptions=True)
-    await service.resolver.close()
+    flusher_task = service.flusher._task
+    others = [t for t in service.tasks if t is not flusher_task]
+    for task in others:  # the drain's open transaction rolls back: its rows stay put,
+        task.cancel()  # and a replay that landed anyway is deduplicated by its token
+    await _bounded(asyncio.gather(*others, return_exceptions=True), deadline - reserve)
+    left = await service.flusher.stop(deadline - reserve)
+    await _bounded(service.resolver.close(), deadline)
+    if service.wal is not None:
+        await _bounded(service.wal.close(), deadline)
     with contextlib.suppress(Exception):
-        await service.clickhouse.close()
-    await close_pool(service.pool)
-    return lost
+        await service.clickhouse.close(timeout=max(0.1, deadline - time.monotonic()))
+    await close_pool(service.pool, timeout=deadline - time.monotonic())
+    return left
+
+
+async def _bounded(awaitable: Awaitable[Any], deadline: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, max(0.01, deadline - time.monotonic()))
+    except TimeoutError:
+        log.warning("shutdown_step_cut_short", detail="the shutdown deadline was reached")
 
 
 async def serve(
@@ -247,7 +352,8 @@ async def serve(
     started = time.monotonic()
     service = await start_service(config, usage_hook=usage_hook)
     app = build_app(service)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace)
+    grace = config.shutdown_grace
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=max(0.1, grace * 0.2))
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     try:
@@ -273,13 +379,22 @@ async def serve(
         await on_ready(service)
     await stop.wait()
 
-    log.info("shutdown_begin", pending=service.buffer.pending)
+    deadline = time.monotonic() + grace  # one deadline for the whole shutdown
+    log.info("shutdown_begin", pending=service.buffer.pending, grace_s=grace)
     service.state.shutting_down = True
-    await asyncio.sleep(readyz_lead(config.shutdown_grace))  # let balancers see /readyz 503
-    await runner.cleanup()  # closes the listener, waits for in-flight requests
-    lost = await stop_service(service)
-    if lost:
-        log.critical("shutdown_events_lost", events=lost, reason=service.state.fatal_reason)
-        return 1
+    await asyncio.sleep(readyz_lead(grace))  # let balancers see /readyz 503
+    await _bounded(runner.cleanup(), deadline - min(CLOSE_RESERVE, grace * 0.2))
+    left = await stop_service(service, deadline)
+    if left and service.wal is None:
+        log.critical("shutdown_events_lost", events=left, reason=service.state.fatal_reason)
+        return EXIT_LOST
+    if left:
+        log.warning(
+            "shutdown_events_left_in_log",
+            events=left,
+            wal_dir=str(config.wal_dir),
+            detail="no store took them before the deadline; the next boot flushes them",
+        )
+        return EXIT_LEFT_IN_LOG
     log.info("shutdown_complete", dlq_depth=service.state.dlq_rows)
-    return 0
+    return EXIT_OK

@@ -52,6 +52,9 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "INGEST_FLUSH_EVENTS": ("flush_events", "20000"),
     "INGEST_FLUSH_INTERVAL": ("flush_interval", "2s"),
     "INGEST_SHUTDOWN_GRACE": ("shutdown_grace", "10s"),
+    "INGEST_DURABILITY": ("durability", "fsync"),
+    "INGEST_WAL_DIR": ("wal_dir", None),
+    "INGEST_WAL_MAX_BYTES": ("wal_max_bytes", "1073741824"),
     "INGEST_DISABLED": ("ingest_disabled", "false"),
     "INGEST_MAX_BODY_BYTES": ("max_body_bytes", "10485760"),
     "INGEST_DLQ_DRAIN_BATCH_LIMIT": ("dlq_drain_batch_limit", "10"),
@@ -68,6 +71,7 @@ _EXPECTED = {
     "event_buffer": "a positive integer",
     "flush_events": "a positive integer",
     "max_body_bytes": "a positive integer",
+    "wal_max_bytes": "a positive integer (bytes)",
     "dlq_drain_batch_limit": "a positive integer",
     "dlq_depth_503_threshold": "a non-negative integer",
 }
@@ -87,6 +91,9 @@ class Config(BaseModel):
     flush_events: int
     flush_interval: float
     shutdown_grace: float
+    durability: str
+    wal_dir: Path
+    wal_max_bytes: int
     ingest_disabled: bool
     max_body_bytes: int
     dlq_drain_batch_limit: int
@@ -116,7 +123,17 @@ class Config(BaseModel):
             raise ValueError("out of range")
         return value
 
-    @field_validator("event_buffer", "flush_events", "max_body_bytes", "dlq_drain_batch_limit")
+    @field_validator("durability")
+    @classmethod
+    def _durability(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("fsync", "memory"):
+            raise ValueError("expected fsync (the default: durable before the 2xx) or memory")
+        return value
+
+    @field_validator(
+        "event_buffer", "flush_events", "max_body_bytes", "dlq_drain_batch_limit", "wal_max_bytes"
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
@@ -183,6 +200,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     data_dir = Path(raw["data_dir"] or "./data")
     if raw["clickhouse_url"] is None:
         raw["clickhouse_url"] = f"chdb://{(data_dir / 'clickhouse').resolve()}"
+    if raw["wal_dir"] is None:
+        raw["wal_dir"] = str(data_dir / "wal")
     if raw["database_url"] == "":
         raw["database_url"] = None
     try:

@@ -15,13 +15,18 @@ the table has one owner.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from ingest.rows import COLUMNS, encode_payload, payload_rows
+
+# An event the table could not hold as it was (see :meth:`DeadLetter.park_unstorable`).
+UNSTORABLE = "sluice.unstorable.v1"
 
 
 class DeadLetter:
@@ -50,6 +55,22 @@ class DeadLetter:
             len(rows),
             error[:2000],
             timedelta(seconds=retry_in),
+        )
+
+    async def park_unstorable(self, row_id: str, line: bytes, reason: str) -> None:
+        """Quarantine one event whose values the table cannot hold as they are: its row
+        line is kept base64-encoded (format :data:`UNSTORABLE`), for an operator to see
+        with ``sluice dlq show``. Idempotent on ``row_id``."""
+        encoded = base64.b64encode(line).decode()
+        payload = orjson.dumps({"format": UNSTORABLE, "reason": reason, "lines_base64": encoded})
+        await self.pool.execute(
+            """INSERT INTO failed_events (id, batch, event_count, last_error, attempt_count,
+                                          last_attempt_at, quarantined_at)
+               VALUES ($1, $2, 1, $3, 1, now(), now())
+               ON CONFLICT (id) DO NOTHING""",
+            uuid.UUID(row_id),
+            payload,
+            reason[:2000],
         )
 
     async def depth(self) -> tuple[int, int]:
@@ -187,7 +208,12 @@ class DeadLetter:
         if row is None:
             return None
         out = dict(row)
-        out["events"] = [dict(zip(COLUMNS, r, strict=True)) for r in payload_rows(out["batch"])]
+        doc = orjson.loads(out["batch"])
+        if isinstance(doc, dict) and doc.get("format") == UNSTORABLE:
+            lines = base64.b64decode(doc["lines_base64"])
+            out["events"] = [{"row_line": lines.decode(errors="backslashreplace")}]
+        else:
+            out["events"] = [dict(zip(COLUMNS, r, strict=True)) for r in payload_rows(out["batch"])]
         del out["batch"]
         return out
 

@@ -158,7 +158,9 @@ async def healthz(request: web.Request) -> web.Response:
     """Pipeline health from in-memory state only (no store query per probe)."""
     svc = request.app[SERVICE]
     state = svc.state
-    down = state.fatal or state.dlq_rows > svc.config.dlq_depth_503_threshold
+    wal = svc.wal
+    wal_failing = wal is not None and wal.stats.failing
+    down = state.fatal or wal_failing or state.dlq_rows > svc.config.dlq_depth_503_threshold
     body = {
         "status": "down" if down else "ok",
         "version": __version__,
@@ -167,6 +169,15 @@ async def healthz(request: web.Request) -> web.Response:
         "dlq_depth": state.dlq_rows,
         "dlq_events": state.dlq_events,
         "buffer": {"pending": svc.buffer.pending, "capacity": svc.buffer.capacity},
+        "wal": {"durability": svc.config.durability}
+        if wal is None
+        else {
+            "durability": svc.config.durability,
+            "bytes": wal.stats.bytes,
+            "max_bytes": wal.max_bytes,
+            "failing": wal_failing,
+            "write_failures": wal.stats.failures,
+        },
     }
     if state.fatal_reason:
         body["fatal_reason"] = state.fatal_reason

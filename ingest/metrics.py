@@ -38,6 +38,17 @@ class _Gauges(Collector):
             yield family
 
 
+class _Counters(Collector):
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (help_text, value) in self._read().items():
+            family = CounterMetricFamily(name, help_text)
+            family.add_metric([], value)
+            yield family
+
+
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
@@ -114,6 +125,11 @@ class Metrics:
     def add_gauges(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
         """Register a callback that returns ``{name: (help, value)}`` at scrape time."""
         self.registry.register(_Gauges(read))
+
+    def add_counters(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Register a callback returning ``{name: (help, value)}`` of counters kept
+        elsewhere (exposed as ``name_total``)."""
+        self.registry.register(_Counters(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,8 +17,11 @@ failed call's value is ``(message, transient, code)`` from
 first reply (id 0) says whether the directory could be opened.
 
 The child ignores SIGINT/SIGTERM (the parent's shutdown still needs it to flush) and
-exits when its stdin closes — including when the parent is killed — so the directory
-is released.
+exits when its stdin closes. When the parent is killed (SIGKILL, OOM) the kernel kills
+the child at once (``PR_SET_PDEATHSIG``), even in the middle of an insert, so the
+directory is released for a server started right after; ClickHouse writes each part
+atomically, so an insert cut short leaves nothing half-stored (the batch is still in the
+parent's write-ahead log and is replayed under its token).
 """
 
 from __future__ import annotations
@@ -50,6 +53,21 @@ def _yield_cpu() -> None:
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(ENGINE_NICE)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the parent dies (Linux), and exit now
+    if the parent is already gone (it died before the request took effect)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get("SLUICE_PARENT_PID")
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
@@ -99,6 +117,7 @@ def _dispatch(client: Any, op: str, args: tuple, kwargs: dict) -> Any:
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent()
     _yield_cpu()  # before the engine starts its threads: they inherit the policy
     # Frames go to the original stdout; anything else printed lands on stderr.
     out = os.fdopen(os.dup(1), "wb")

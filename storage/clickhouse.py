@@ -21,6 +21,7 @@ transient; the server rejecting the rows themselves is permanent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import pickle
@@ -86,6 +87,7 @@ JSON_LINE_SETTINGS = {
     **INSERT_SETTINGS,
 }
 SPOOL_DIR = ".sluice-spool"  # in the embedded engine's directory: row lines being inserted
+LOCK_WAIT = 10.0  # seconds open() waits for a directory the engine of a killed server held
 
 
 class ClickHouseError(Exception):
@@ -95,6 +97,7 @@ class ClickHouseError(Exception):
         super().__init__(message)
         self.transient = transient
         self.code = code
+        self.held = False  # the embedded directory is locked by another process
 
 
 def classify(exc: BaseException) -> ClickHouseError:
@@ -137,7 +140,8 @@ class ClickHouse:
         encoded in Python. Raises :class:`ClickHouseError`."""
         raise NotImplementedError
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 30.0) -> None:
+        """Finish what was asked within ``timeout`` seconds, then let go."""
         raise NotImplementedError
 
 
@@ -162,10 +166,21 @@ class EmbeddedClickHouse(ClickHouse):
         self._start_lock = asyncio.Lock()
         self._closed = False
 
-    async def open(self) -> None:
-        await self._ensure_started()
-        # Files of inserts a killed server never finished: their batches were parked, or
-        # lost with the process (never acknowledged as stored).
+    async def open(self, wait_for_lock: float = LOCK_WAIT) -> None:
+        """Start the engine process. A directory held by the engine of a server that
+        was killed a moment ago is released within milliseconds (the engine dies with
+        its parent): wait up to ``wait_for_lock`` seconds for it."""
+        deadline = asyncio.get_running_loop().time() + wait_for_lock
+        while True:
+            try:
+                await self._ensure_started()
+                break
+            except ClickHouseError as exc:
+                if not exc.held or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
+        # Files of inserts a killed server never finished: a copy of a batch whose
+        # original is in that server's write-ahead log (replayed from there).
         self._spool.mkdir(exist_ok=True)
         for stale in self._spool.glob("*.jsonl"):
             stale.unlink(missing_ok=True)
@@ -180,6 +195,7 @@ class EmbeddedClickHouse(ClickHouse):
             env = {
                 **os.environ,
                 "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "SLUICE_PARENT_PID": str(os.getpid()),
             }
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "storage.chdb_worker", self.path,
@@ -197,12 +213,15 @@ class EmbeddedClickHouse(ClickHouse):
             if not ok:
                 await proc.wait()
                 message = value[0]
-                if "Cannot lock file" in message or "Another server instance" in message:
+                held = "Cannot lock file" in message or "Another server instance" in message
+                if held:
                     message = (
                         f"the embedded ClickHouse at {self.path} is held by another process "
                         "(a running 'sluice serve'?); stop it, or talk to the data through it"
                     )
-                raise ClickHouseError(message, transient=False)
+                error = ClickHouseError(message, transient=False)
+                error.held = held
+                raise error
             self._proc = proc
             self._reader = asyncio.create_task(self._read_loop(proc), name="chdb-reader")
             return proc
@@ -272,8 +291,9 @@ class EmbeddedClickHouse(ClickHouse):
             file.unlink(missing_ok=True)
             raise
 
-    async def close(self) -> None:
-        """Let the child finish what it was asked, then stop it (it exits on EOF)."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Let the child finish what it was asked, then stop it (it exits on EOF); past
+        ``timeout`` it is killed (ClickHouse's parts are written atomically)."""
         self._closed = True
         proc = self._proc
         if proc is None:
@@ -281,7 +301,7 @@ class EmbeddedClickHouse(ClickHouse):
         if proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), timeout=30)
+            await asyncio.wait_for(proc.wait(), timeout=max(0.01, timeout))
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -387,10 +407,11 @@ class HttpClickHouse(ClickHouse):
             fmt="JSONCompactEachRow",
         )
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 30.0) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), max(0.01, timeout))
 
 
 async def open_clickhouse(url: str) -> ClickHouse:

@@ -137,11 +137,12 @@ async def create_pool(
             delay = min(delay * 2, 2.0)
 
 
-async def close_pool(pool: asyncpg.Pool | None) -> None:
-    """Close gracefully for up to 5 s (in-flight queries finish), then cut connections."""
+async def close_pool(pool: asyncpg.Pool | None, timeout: float = 5.0) -> None:
+    """Close gracefully for up to ``timeout`` s (in-flight queries finish), then cut
+    connections."""
     if pool is None:
         return
     try:
-        await asyncio.wait_for(pool.close(), timeout=5)
+        await asyncio.wait_for(pool.close(), timeout=max(0.01, timeout))
     except Exception:
         pool.terminate()

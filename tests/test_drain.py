@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from support import free_port
 
-from ingest.buffer import Buffer
+from ingest.buffer import Buffer, Refused
 from ingest.deadletter import DeadLetter
 from ingest.drain import BACKOFF_CAP, Drain, backoff
 from ingest.flush import Flusher
@@ -65,8 +65,12 @@ def make_lines(n: int, project: int) -> list[bytes]:
     return lines
 
 
-def admit(buffer: Buffer, lines: list[bytes], project: int) -> bool:
-    return buffer.admit_now(b"".join(lines), len(lines), project)
+async def admit(buffer: Buffer, lines: list[bytes], project: int) -> bool:
+    try:
+        await buffer.admit(b"".join(lines), len(lines), project)
+    except Refused:
+        return False
+    return True
 
 
 def drain_for(pool, ch, usage=None, limit: int = 10) -> tuple[Drain, State, Metrics]:
@@ -84,28 +88,34 @@ async def count(ch: ClickHouse, where: str = "1") -> int:
 async def test_flusher_stores_a_batch_and_reports_usage_once_per_event(pool, ch) -> None:
     usage: Counter[str] = Counter()
     buffer, state, metrics = Buffer(1000, 100), State(), Metrics()
-    flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_events=100,
-                      flush_interval=1, usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
+    flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_interval=1,
+                      usage_hook=lambda p, n: usage.update({p: n}))  # fmt: skip
     a, b = uuid.uuid4().int, uuid.uuid4().int
-    assert admit(buffer, make_lines(150, a), a) and admit(buffer, make_lines(30, b), b)
+    assert await admit(buffer, make_lines(150, a), a) and await admit(buffer, make_lines(30, b), b)
     await flusher.flush_pending(reason="test")
     assert buffer.pending == 0
     assert await count(ch) == 180
     assert usage == {uuid_str(a): 150, uuid_str(b): 30}
 
 
-def test_buffer_hands_out_batches_of_exactly_flush_events_splitting_a_request() -> None:
+async def test_buffer_cuts_batches_at_flush_events_without_splitting_a_request() -> None:
     buffer = Buffer(1000, 100)
-    a, b = uuid.uuid4().int, uuid.uuid4().int
-    sent = make_lines(150, a) + make_lines(30, b)
-    assert admit(buffer, sent[:150], a) and admit(buffer, sent[150:], b)
-    assert not admit(buffer, make_lines(821, a), a)  # all or nothing: 180 + 821 > 1000
-    first, second = buffer.take(100), buffer.take(100)
-    assert buffer.take(100) is None
-    assert (first.count, first.projects) == (100, {a: 100})
-    assert (second.count, second.projects) == (80, {a: 50, b: 30})
+    a, b, c = uuid.uuid4().int, uuid.uuid4().int, uuid.uuid4().int
+    sent = make_lines(60, a) + make_lines(30, b) + make_lines(20, c)
+    assert await admit(buffer, sent[:60], a) and await admit(buffer, sent[60:90], b)
+    assert await admit(buffer, sent[90:], c)  # 90 + 20 > 100: a batch of its own
+    assert not await admit(buffer, make_lines(891, a), a)  # all or nothing: 110 + 891 > 1000
+    first, second = await buffer.take(), await buffer.take()
+    assert await buffer.take() is None
+    assert (first.count, first.projects) == (90, {a: 60, b: 30})
+    assert (second.count, second.projects) == (20, {c: 20})
+    assert first.id != second.id  # each batch its own deduplication token
     assert first.data() + second.data() == b"".join(sent)  # every line once, in order
-    assert buffer.queued == 0 and buffer.pending == 180  # durable only once released
+    assert buffer.queued == 0 and buffer.pending == 110  # durable only once released
+    big = make_lines(150, a)
+    assert await admit(buffer, big, a)  # larger than a batch: one batch, never split
+    whole = await buffer.take(full_only=True)
+    assert (whole.count, whole.data()) == (150, b"".join(big))
 
 
 async def test_drain_replays_a_parked_batch_once_keeps_received_at_and_reports_usage(
