@@ -64,9 +64,14 @@ def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Se
     Flushes every 100 ms unless the test says otherwise, so tests don't wait."""
     started: list[Server] = []
 
-    def start(wait: bool = True, data_dir: Path | None = None, **env: str) -> Server:
+    def start(
+        wait: bool = True,
+        data_dir: Path | None = None,
+        file_size_limit: int | None = None,
+        **env: str,
+    ) -> Server:
         full = {"DATABASE_URL": database_url, "INGEST_FLUSH_INTERVAL": "100ms", **env}
-        server = Server(data_dir or tmp_path / "data", full)
+        server = Server(data_dir or tmp_path / "data", full, file_size_limit)
         started.append(server)
         return server.wait_ready() if wait else server
 

@@ -172,10 +172,24 @@ def request(
         return Response(err.code, err.read(), dict(err.headers))
 
 
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A disk that fails for real: no file the process writes may grow past ``limit``
+    bytes (RLIMIT_FSIZE); a write past it fails with EFBIG (Python ignores SIGXFSZ)."""
+
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
 class Server:
     """A real ``sluice serve`` process."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], file_size_limit: int | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -192,8 +206,9 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*SLUICE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+            [*SLUICE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=None if file_size_limit is None else _file_size_limit(file_size_limit),
+        )  # fmt: skip
 
     @property
     def ingest_url(self) -> str:

@@ -209,3 +209,32 @@ async def test_two_drains_sharing_postgres_replay_each_row_once(pool, ch, databa
     assert sum(replayed) == 600  # no row was replayed by both
     assert await count(ch) == 600
     assert await pool.fetchval("SELECT count(*) FROM failed_events") == 0
+
+
+async def test_a_20000_event_batch_replayed_through_the_dead_letter_table_is_deduplicated(
+    pool, ch
+) -> None:
+    """The flush stores a batch; its acknowledgement is lost, so the same batch (same id)
+    is parked and replayed by the drain: ClickHouse sees the same token and drops the
+    replay — the raw table holds each event once without FINAL. Both paths must form
+    the same block, which is why the drain inserts row lines like the flush."""
+    project = uuid.uuid4().int
+    buffer, state, metrics = Buffer(50_000, 20_000), State(), Metrics()
+    flusher = Flusher(buffer, ch, DeadLetter(pool), state, metrics, flush_interval=1)
+    for _ in range(2):  # two requests of 10,000 (the most one request may hold)
+        assert await admit(buffer, make_lines(10_000, project), project)
+    batch = await buffer.take()
+    assert batch is not None and batch.count == 20_000
+    assert await flusher._flush(batch, "test")
+    assert await count(ch) == 20_000
+    from ingest.rows import lines_to_rows
+
+    await DeadLetter(pool).park(batch.id, lines_to_rows(batch.data()), "ack lost", retry_in=0)
+    drain, _, _ = drain_for(pool, ch)
+    assert await drain.pass_once() == (1, False)
+    assert await pool.fetchval("SELECT count(*) FROM failed_events") == 0
+    assert await count(ch) == 20_000  # not 40,000: the replay was a no-op
+    # A different batch id for the same rows is a new insert (the token is what counts).
+    await DeadLetter(pool).park(str(uuid.uuid4()), lines_to_rows(batch.data())[:10], "x")
+    await drain.pass_once()
+    assert await count(ch) == 20_010
