@@ -21,12 +21,16 @@ from typing import Any
 import orjson
 
 from ingest.config import Config, ConfigError, load_config, parse_duration
+from storage.urls import mask_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class CliError(Exception):
-    """A failure to report as one line with exit code 1."""
+    """A failure to report as one line with exit code 1 (a URL's password masked)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url(message))
 
 
 def _default(value: Any) -> Any:

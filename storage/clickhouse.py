@@ -34,6 +34,8 @@ from urllib.parse import parse_qs, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from storage.urls import mask_url
+
 # Error codes meaning "these rows can never be stored as they are": retrying is useless,
 # so the dead-letter drain bisects the batch and quarantines the offenders.
 PERMANENT_CODES = frozenset(
@@ -81,10 +83,12 @@ SPOOL_DIR = ".sluice-spool"  # in the embedded engine's directory: row lines bei
 
 
 class ClickHouseError(Exception):
-    """A ClickHouse call failed. ``transient`` = retrying the same data may succeed."""
+    """A ClickHouse call failed. ``transient`` = retrying the same data may succeed.
+
+    The message never carries a password (:func:`storage.urls.mask_url`)."""
 
     def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(mask_url(message))
         self.transient = transient
         self.code = code
 
