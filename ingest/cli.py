@@ -84,6 +84,18 @@ def parse_age(text: str) -> float:
 # --- commands -------------------------------------------------------------------------
 
 
+def _require_migrations() -> None:
+    """Both stores' migration files are there, or one line and exit 1 before anything
+    starts (an install without them must never look "up to date")."""
+    from storage.migrations import MigrationsMissing, discover
+
+    try:
+        for store in ("postgres", "clickhouse"):
+            discover(store)
+    except MigrationsMissing as exc:
+        raise CliError(str(exc)) from None
+
+
 async def _with_pool(
     config: Config, fn: Callable[[Any], Awaitable[int]], *, migrate: bool = True
 ) -> int:
@@ -91,6 +103,8 @@ async def _with_pool(
     from storage.migrations import postgres_up
     from storage.postgres import close_pool
 
+    if migrate:
+        _require_migrations()
     try:
         pool = await connect_postgres(config)
         # The CLI may run before any `serve` (fresh install): bring the schema up first.
@@ -108,6 +122,7 @@ async def _with_pool(
 async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from ingest.app import serve
 
+    _require_migrations()
     on_ready = _demo_banner if args.demo else None
     return await serve(config, on_ready=on_ready)
 
@@ -139,6 +154,7 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from storage import migrations
     from storage.clickhouse import ClickHouseError, open_clickhouse
 
+    _require_migrations()
     report: dict[str, Any] = {}
     failed = False
 

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +173,16 @@ def request(
 
 
 class Server:
-    """A real ``sluice serve`` process."""
+    """A real ``sluice serve`` process (the checkout's, unless ``command`` says which)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        *,
+        command: Sequence[str] = SLUICE,
+        cwd: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -192,7 +199,7 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*SLUICE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            [*command, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd
         )
 
     @property
