@@ -16,7 +16,8 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 
@@ -24,6 +25,7 @@ from ingest.config import Config, ConfigError, load_config, parse_duration
 from storage.urls import mask_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+Access = Literal["read", "write", "schema"]  # what a command does to Postgres
 
 
 class CliError(Exception):
@@ -96,25 +98,64 @@ def _require_migrations() -> None:
         raise CliError(str(exc)) from None
 
 
-async def _with_pool(
-    config: Config, fn: Callable[[Any], Awaitable[int]], *, migrate: bool = True
-) -> int:
+def _postgres_name(config: Config) -> str:
+    from storage.postgres import describe
+
+    if config.database_url is None:
+        return f"the embedded Postgres under {config.embedded_postgres_dir}"
+    return f"Postgres at {describe(config.database_url)}"
+
+
+def _no_embedded_postgres(config: Config) -> bool:
+    """``DATABASE_URL`` is unset and the embedded cluster was never created."""
+    from storage.postgres import EmbeddedPostgres
+
+    return config.database_url is None and not EmbeddedPostgres(config.embedded_postgres_dir).exists
+
+
+def _no_embedded_clickhouse(config: Config) -> bool:
+    """``CLICKHOUSE_URL`` is embedded and its directory was never created."""
+    from storage.clickhouse import embedded_path
+
+    path = embedded_path(config.clickhouse_url)
+    return path is not None and not Path(path).exists()
+
+
+async def _with_pool(config: Config, fn: Callable[[Any], Awaitable[int]], *, access: Access) -> int:
+    """Run ``fn(pool)`` on Postgres; ``access`` says what the command does to it.
+
+    * ``read`` — nothing is written: no migration, and the embedded cluster is not created.
+      Against a database without Sluice's schema: "run `sluice migrate up` first".
+    * ``write`` — rows change; the schema is brought up first, so the CLI works on a fresh
+      install (idempotent and advisory-locked: safe beside a running server).
+    * ``schema`` — ``migrate up`` itself: ``fn`` migrates.
+    """
+    import asyncpg
+
     from ingest.app import connect_postgres
     from storage.migrations import postgres_up
     from storage.postgres import close_pool
 
-    if migrate:
+    if access != "read":
         _require_migrations()
+    elif _no_embedded_postgres(config):
+        raise CliError(
+            f"no Sluice database under {config.embedded_postgres_dir} yet: "
+            "run `sluice migrate up` first (or set DATABASE_URL)"
+        )
     try:
         pool = await connect_postgres(config)
-        # The CLI may run before any `serve` (fresh install): bring the schema up first.
-        # Idempotent and advisory-locked, so it is safe beside a running server.
-        if migrate:
+        if access == "write":
             await postgres_up(pool)
     except Exception as exc:
         raise CliError(f"Postgres: {exc}") from exc
     try:
         return await fn(pool)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+        raise CliError(
+            f"{_postgres_name(config)} is not migrated for this Sluice ({exc}): "
+            "run `sluice migrate up` first"
+        ) from None
     finally:
         await close_pool(pool)
 
@@ -155,35 +196,42 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from storage.clickhouse import ClickHouseError, open_clickhouse
 
     _require_migrations()
+    up, with_sql = args.action == "up", args.action == "dry-run"
     report: dict[str, Any] = {}
     failed = False
 
     async def on_pg(pool: Any) -> int:
-        if args.action == "up":
+        if up:
             applied = await migrations.postgres_up(pool)
             report["postgres"] = {"applied": [m.version for m in applied]}
         else:
             status = await migrations.postgres_status(pool)
-            report["postgres"] = _status_report(status, args.action == "dry-run", "postgres")
+            report["postgres"] = _status_report(status, with_sql, "postgres")
         return 0
 
-    await _with_pool(config, on_pg, migrate=False)
-    try:
-        ch = await open_clickhouse(config.clickhouse_url)
+    # status and dry-run write nothing: they only read the bookkeeping tables, and an
+    # embedded store that was never created is not created to be read (all is pending).
+    if not up and _no_embedded_postgres(config):
+        report["postgres"] = _status_report(_all_pending("postgres"), with_sql, "postgres")
+    else:
+        await _with_pool(config, on_pg, access="schema" if up else "read")
+    if not up and _no_embedded_clickhouse(config):
+        report["clickhouse"] = _status_report(_all_pending("clickhouse"), with_sql, "clickhouse")
+    else:
         try:
-            if args.action == "up":
-                applied = await migrations.clickhouse_up(ch)
-                report["clickhouse"] = {"applied": [m.version for m in applied]}
-            else:
-                status = await migrations.clickhouse_status(ch)
-                report["clickhouse"] = _status_report(
-                    status, args.action == "dry-run", "clickhouse"
-                )
-        finally:
-            await ch.close()
-    except ClickHouseError as exc:
-        report["clickhouse"] = {"error": str(exc)}
-        failed = True
+            ch = await open_clickhouse(config.clickhouse_url)
+            try:
+                if up:
+                    applied = await migrations.clickhouse_up(ch)
+                    report["clickhouse"] = {"applied": [m.version for m in applied]}
+                else:
+                    status = await migrations.clickhouse_status(ch)
+                    report["clickhouse"] = _status_report(status, with_sql, "clickhouse")
+            finally:
+                await ch.close()
+        except ClickHouseError as exc:
+            report["clickhouse"] = {"error": str(exc)}
+            failed = True
     if args.json:
         out_json(report)
     else:
@@ -196,9 +244,15 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
             else:
                 for m in info["migrations"]:
                     print(f"{store}: {m['version']:04d} {m['name']:<24} {m['state']}")
-                    if args.action == "dry-run" and m["state"] == "pending":
+                    if with_sql and m["state"] == "pending":
                         print(_indent(m["sql"]))
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _all_pending(store: str) -> list[Any]:
+    from storage.migrations import MigrationStatus, discover
+
+    return [MigrationStatus(m.version, m.name, False) for m in discover(store)]
 
 
 def _status_report(status: list[Any], with_sql: bool, store: str) -> dict[str, Any]:
@@ -252,7 +306,7 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
                 print(f"project {project_id} deleted (soft); its tokens no longer resolve")
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
 async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
@@ -287,7 +341,7 @@ async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
 async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
@@ -358,7 +412,8 @@ async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
             )
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    read_only = args.action in ("stats", "list", "show")
+    return await _with_pool(config, run, access="read" if read_only else "write")
 
 
 def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

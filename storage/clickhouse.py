@@ -501,15 +501,23 @@ class HttpClickHouse(ClickHouse):
             await client.close()
 
 
+def embedded_path(url: str) -> str | None:
+    """The directory of a ``chdb://`` URL (``chdb:///abs/path``, ``chdb://relative/path``),
+    or None for a ClickHouse server."""
+    if not url.startswith("chdb://"):
+        return None
+    parsed = urlparse(url)
+    return parsed.netloc + parsed.path
+
+
 async def open_clickhouse(url: str) -> ClickHouse:
     """Open the store named by ``CLICKHOUSE_URL``.
 
     The embedded engine is opened now (failure is a boot error); a server is contacted on
     first use, so an unreachable server does not stop Sluice from starting.
     """
-    if url.startswith("chdb://"):
-        parsed = urlparse(url)
-        path = parsed.netloc + parsed.path  # chdb:///abs/path, or chdb://relative/path
+    path = embedded_path(url)
+    if path is not None:
         if not path or path in ("/memory", "/:memory:"):
             raise ClickHouseError("CLICKHOUSE_URL: chdb needs an on-disk path", transient=False)
         store = EmbeddedClickHouse(path)

@@ -144,12 +144,24 @@ ORDER BY version"""
 
 async def _ch_applied(ch: ClickHouse) -> set[int]:
     await ch.command(_CH_TABLE)
+    return await _ch_recorded(ch)
+
+
+async def _ch_recorded(ch: ClickHouse) -> set[int]:
+    """Read-only: the versions recorded; none while the bookkeeping table does not exist."""
+    (exists,) = await ch.query_rows(
+        "SELECT count() FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'sluice_schema_migrations'"
+    )
+    if not exists[0]:
+        return set()
     rows = await ch.query_rows("SELECT DISTINCT version FROM sluice_schema_migrations")
     return {int(r[0]) for r in rows}
 
 
 async def clickhouse_status(ch: ClickHouse) -> list[MigrationStatus]:
-    applied = await _ch_applied(ch)
+    """Read-only (as :func:`postgres_status`): nothing is created, not even the table."""
+    applied = await _ch_recorded(ch)
     return [
         MigrationStatus(m.version, m.name, m.version in applied) for m in discover("clickhouse")
     ]

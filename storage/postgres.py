@@ -59,6 +59,11 @@ class EmbeddedPostgres:
         self.path = path.resolve()
         self._server: Any = None
 
+    @property
+    def exists(self) -> bool:
+        """Whether the cluster was ever created (:meth:`start` would create it)."""
+        return (self.path / "PG_VERSION").exists()
+
     def start(self) -> str:
         """Start (or join) the server; return its DSN. Blocking: call before the loop."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
