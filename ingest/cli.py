@@ -426,57 +426,90 @@ def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 # --- parsing --------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sluice", description="Event-ingest server for product analytics."
+        prog="sluice",
+        description="Event-ingest server for product analytics.",
+        epilog="Configuration is read from the environment (DATABASE_URL, CLICKHOUSE_URL, "
+        "DATA_DIR, INGEST_*, …: see the README). Exit codes: 0 done, 1 a store failed or "
+        "what was asked for does not exist, 2 bad configuration or usage.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--json", action="store_true", help="print JSON only")
+        p.add_argument("--json", action="store_true", help="print one JSON document only")
         return p
 
-    serve = sub.add_parser("serve", help="run the ingest server")
-    serve.add_argument("--demo", action="store_true", help="ensure a demo project; print a curl")
+    serve = sub.add_parser("serve", help="run the ingest server (applies pending migrations)")
+    serve.add_argument(
+        "--demo", action="store_true", help="ensure a demo project; print its token and a curl"
+    )
 
     migrate = with_json(sub.add_parser("migrate", help="schema migrations of both stores"))
-    migrate.add_argument("action", choices=["status", "up", "dry-run"])
+    migrate.add_argument(
+        "action",
+        choices=["status", "up", "dry-run"],
+        help="status: applied/pending per store; up: apply pending; dry-run: status plus the "
+        "pending SQL (status and dry-run change nothing)",
+    )
 
     projects = sub.add_parser("projects", help="manage projects").add_subparsers(
         dest="action", required=True
     )
-    with_json(projects.add_parser("create", help="create a project and its first token"))
-    projects.choices["create"].add_argument("name")
-    plist = with_json(projects.add_parser("list", help="list projects"))
+    create = with_json(projects.add_parser("create", help="create a project and its first token"))
+    create.add_argument("name")
+    plist = with_json(projects.add_parser("list", help="list live projects (read-only)"))
     plist.add_argument("--all", action="store_true", help="include deleted projects")
-    with_json(projects.add_parser("delete", help="soft-delete a project")).add_argument("id")
+    delete = with_json(projects.add_parser("delete", help="soft-delete a project and its tokens"))
+    delete.add_argument("id", help="project id")
 
     tokens = sub.add_parser("tokens", help="manage tokens").add_subparsers(
         dest="action", required=True
     )
-    with_json(tokens.add_parser("issue", help="issue a token")).add_argument("project_id")
-    with_json(tokens.add_parser("list", help="list a project's tokens")).add_argument("project_id")
-    with_json(tokens.add_parser("revoke", help="revoke a token")).add_argument("token_or_id")
+    issue = with_json(tokens.add_parser("issue", help="issue another token for a project"))
+    issue.add_argument("project_id")
+    tlist = with_json(tokens.add_parser("list", help="list a project's tokens, masked (read-only)"))
+    tlist.add_argument("project_id")
+    revoke = with_json(tokens.add_parser("revoke", help="revoke a token"))
+    revoke.add_argument("token_or_id", help="the token itself, or its id")
 
     dlq = sub.add_parser("dlq", help="inspect and steer the dead-letter queue").add_subparsers(
         dest="action", required=True
     )
-    with_json(dlq.add_parser("stats", help="depth, quarantine, oldest age, last error"))
-    dlist = with_json(dlq.add_parser("list", help="list dead-letter rows"))
-    dlist.add_argument("--quarantined", action="store_true")
-    dlist.add_argument("--limit", type=int, default=100)
-    with_json(dlq.add_parser("show", help="a row and the events inside")).add_argument("id")
-    retry = with_json(dlq.add_parser("retry", help="make a row (or all) due now"))
+    with_json(dlq.add_parser("stats", help="depth, quarantine, oldest age, last error (read-only)"))
+    dlist = with_json(dlq.add_parser("list", help="list active dead-letter rows (read-only)"))
+    dlist.add_argument("--quarantined", action="store_true", help="list quarantined rows instead")
+    dlist.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N", help="at most N rows (100)"
+    )
+    show = with_json(dlq.add_parser("show", help="a row and the events inside (read-only)"))
+    show.add_argument("id", help="dead-letter row id")
+    retry = with_json(dlq.add_parser("retry", help="make an active row (or all) due now"))
     group = retry.add_mutually_exclusive_group(required=True)
-    group.add_argument("id", nargs="?")
-    group.add_argument("--all", action="store_true")
-    requeue = with_json(dlq.add_parser("requeue", help="move quarantined rows back"))
+    group.add_argument("id", nargs="?", help="dead-letter row id")
+    group.add_argument("--all", action="store_true", help="every active row")
+    requeue = with_json(dlq.add_parser("requeue", help="move quarantined rows back to the queue"))
     group = requeue.add_mutually_exclusive_group(required=True)
-    group.add_argument("id", nargs="?")
-    group.add_argument("--all-quarantined", action="store_true")
-    purge = with_json(dlq.add_parser("purge", help="delete quarantined rows"))
-    purge.add_argument("--quarantined", action="store_true", required=True)
-    purge.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h")
+    group.add_argument("id", nargs="?", help="dead-letter row id")
+    group.add_argument("--all-quarantined", action="store_true", help="every quarantined row")
+    purge = with_json(dlq.add_parser("purge", help="delete quarantined rows for good"))
+    purge.add_argument(
+        "--quarantined",
+        action="store_true",
+        required=True,
+        help="required: only quarantined rows are ever purged",
+    )
+    purge.add_argument("--older-than", metavar="AGE", help="quarantined before AGE ago: 30d, 12h")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 

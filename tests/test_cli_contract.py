@@ -1,17 +1,21 @@
 """Commands do what they say: read-only commands write nothing, ``migrate status`` and
-``migrate dry-run`` leave both stores as they found them."""
+``migrate dry-run`` leave both stores as they found them, and the README's command line
+is the parser's."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from support import SLUICE, Postgres, clickhouse_rows, db_name
+from support import ROOT, SLUICE, Postgres, clickhouse_rows, db_name
 
+from ingest.cli import build_parser
 from storage.migrations import discover
 from storage.postgres import describe
 
@@ -104,3 +108,65 @@ def test_dry_run_writes_nothing_to_existing_stores(
     assert run(env, "migrate", "up").returncode == 0
     proc = run(env, "migrate", "status", "--json")
     assert [json.loads(proc.stdout)[s]["pending"] for s in ("postgres", "clickhouse")] == [0, 0]
+
+
+# --- the README's command line is the parser's -----------------------------------------
+
+
+def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
+    """``"dlq purge"`` → its parser, for every command."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found[prefix] = parser
+        for sub in subs:
+            for name, child in sub.choices.items():
+                walk(f"{prefix} {name}".strip(), child)
+
+    walk("", build_parser())
+    return found
+
+
+def readme_command_line() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Command line", 1)[1].split("\n## ", 1)[0]
+    return section
+
+
+def test_every_command_and_option_is_in_the_readme_and_nothing_else() -> None:
+    section = readme_command_line()
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    parsers = leaf_parsers()
+    for command in parsers:
+        *group, last = command.split()
+        assert re.search(rf"sluice {' '.join(group)}.*\b{last}\b", block), command
+    options = {
+        option
+        for parser in parsers.values()
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    assert set(re.findall(r"--[a-z][a-z-]*", section)) == options
+
+
+def test_json_is_taken_by_every_command_but_serve() -> None:
+    with_json = {
+        command
+        for command, parser in leaf_parsers().items()
+        if any("--json" in action.option_strings for action in parser._actions)
+    }
+    assert set(leaf_parsers()) - with_json == {"serve"}
+    assert "Every command except `serve` takes `--json`" in readme_command_line()
+
+
+def test_dlq_list_limit_must_be_positive() -> None:
+    proc = subprocess.run(
+        [*SLUICE, "dlq", "list", "--limit", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "sluice dlq list: error: argument --limit: expected a positive integer, got '0'"
+    )
