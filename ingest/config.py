@@ -210,6 +210,23 @@ def load_config(environ: Mapping[str, str]) -> Config:
         reason = _EXPECTED.get(field) if error["type"].endswith("_parsing") else None
         reason = reason or str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid {var}={value!r}: {reason}") from None
+    config = _fit_flush_to_buffer(config, environ)
+    return config
+
+
+def _fit_flush_to_buffer(config: Config, environ: Mapping[str, str]) -> Config:
+    """A flush never exceeds the buffer, and a default yields to what the operator set:
+    ``INGEST_FLUSH_EVENTS`` unset → at most half of ``INGEST_EVENT_BUFFER`` (a batch can
+    be in flight while the next one fills); ``INGEST_EVENT_BUFFER`` unset → at least twice
+    ``INGEST_FLUSH_EVENTS``. Only both set and in conflict is an error, naming both."""
+    buffer_set = bool(environ.get("INGEST_EVENT_BUFFER"))
+    flush_set = bool(environ.get("INGEST_FLUSH_EVENTS"))
+    if buffer_set and not flush_set:
+        flush = min(config.flush_events, max(1, config.event_buffer // 2))
+        return config.model_copy(update={"flush_events": flush})
+    if flush_set and not buffer_set:
+        buffer = max(config.event_buffer, 2 * config.flush_events)
+        return config.model_copy(update={"event_buffer": buffer})
     if config.flush_events > config.event_buffer:
         raise ConfigError(
             f"invalid INGEST_FLUSH_EVENTS={config.flush_events}: "
