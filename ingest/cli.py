@@ -1,9 +1,13 @@
 """The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``dlq``.
 
-Exit codes: 0 success, 1 a store failed or the thing asked for does not exist, 2 bad
-configuration or usage (one line naming the variable or argument). Output for humans by
-default; ``--json`` prints one JSON document and nothing else. The CLI changes Postgres
-state only: ClickHouse work (replays) is done by the running server.
+Exit codes: 0 success, 1 a store failed or the thing asked for does not exist (also:
+the migration files are missing, or a read-only command met an unmigrated database), 2
+bad configuration or usage (one line naming the variable or argument; never a password).
+Output for humans by default; ``--json`` (every command but ``serve``) prints one JSON
+document and nothing else. Read-only commands (``migrate status|dry-run``, ``* list``,
+``dlq stats|show``) write nothing to either store; commands that change Postgres bring
+its schema up first. Apart from ``migrate up`` the CLI changes Postgres state only:
+ClickHouse work (replays) is done by the running server.
 """
 
 from __future__ import annotations
