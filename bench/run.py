@@ -401,7 +401,12 @@ def phase_memory(data_dir: Path, body: Path, valid: int) -> dict:
 
     capacity = int(ENV_VARS["INGEST_EVENT_BUFFER"][1] or 0)
     token = create_token(data_dir)
-    server = Sluice(data_dir, INGEST_FLUSH_INTERVAL="1h", INGEST_FLUSH_EVENTS=str(capacity))
+    server = Sluice(
+        data_dir,
+        INGEST_FLUSH_INTERVAL="1h",
+        INGEST_EVENT_BUFFER=str(capacity),  # set too: alone, a flush size raises the buffer
+        INGEST_FLUSH_EVENTS=str(capacity),
+    )
     payload = body.read_bytes()
     # Warm the process (first requests allocate caches) before the idle reading.
     time.sleep(1.0)

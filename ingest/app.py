@@ -56,6 +56,7 @@ from ingest.wal import Wal, WalLocked
 from storage.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, open_clickhouse
 from storage.migrations import clickhouse_up, postgres_up
 from storage.postgres import EmbeddedPostgres, close_pool, create_pool
+from storage.urls import mask_url
 
 log = structlog.get_logger("sluice.app")
 
@@ -67,7 +68,10 @@ BOOT_CLICKHOUSE_WAIT = 5.0  # a ClickHouse server slower than this at boot is re
 
 
 class BootError(RuntimeError):
-    """Sluice cannot start; the message says why and what to do."""
+    """Sluice cannot start; the message says why and what to do (never a password)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url(message))
 
 
 def tune_gc() -> None:

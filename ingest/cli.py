@@ -1,9 +1,13 @@
 """The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``dlq``.
 
-Exit codes: 0 success, 1 a store failed or the thing asked for does not exist, 2 bad
-configuration or usage (one line naming the variable or argument). Output for humans by
-default; ``--json`` prints one JSON document and nothing else. The CLI changes Postgres
-state only: ClickHouse work (replays) is done by the running server.
+Exit codes: 0 success, 1 a store failed or the thing asked for does not exist (also:
+the migration files are missing, or a read-only command met an unmigrated database), 2
+bad configuration or usage (one line naming the variable or argument; never a password).
+Output for humans by default; ``--json`` (every command but ``serve``) prints one JSON
+document and nothing else. Read-only commands (``migrate status|dry-run``, ``* list``,
+``dlq stats|show``) write nothing to either store; commands that change Postgres bring
+its schema up first. Apart from ``migrate up`` the CLI changes Postgres state only:
+ClickHouse work (replays) is done by the running server.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 
 from ingest.config import Config, ConfigError, load_config, parse_duration
+from storage.urls import mask_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+Access = Literal["read", "write", "schema"]  # what a command does to Postgres
 
 
 class CliError(Exception):
-    """A failure to report as one line with exit code 1."""
+    """A failure to report as one line with exit code 1 (a URL's password masked)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url(message))
 
 
 def _default(value: Any) -> Any:
@@ -80,23 +90,76 @@ def parse_age(text: str) -> float:
 # --- commands -------------------------------------------------------------------------
 
 
-async def _with_pool(
-    config: Config, fn: Callable[[Any], Awaitable[int]], *, migrate: bool = True
-) -> int:
+def _require_migrations() -> None:
+    """Both stores' migration files are there, or one line and exit 1 before anything
+    starts (an install without them must never look "up to date")."""
+    from storage.migrations import MigrationsMissing, discover
+
+    try:
+        for store in ("postgres", "clickhouse"):
+            discover(store)
+    except MigrationsMissing as exc:
+        raise CliError(str(exc)) from None
+
+
+def _postgres_name(config: Config) -> str:
+    from storage.postgres import describe
+
+    if config.database_url is None:
+        return f"the embedded Postgres under {config.embedded_postgres_dir}"
+    return f"Postgres at {describe(config.database_url)}"
+
+
+def _no_embedded_postgres(config: Config) -> bool:
+    """``DATABASE_URL`` is unset and the embedded cluster was never created."""
+    from storage.postgres import EmbeddedPostgres
+
+    return config.database_url is None and not EmbeddedPostgres(config.embedded_postgres_dir).exists
+
+
+def _no_embedded_clickhouse(config: Config) -> bool:
+    """``CLICKHOUSE_URL`` is embedded and its directory was never created."""
+    from storage.clickhouse import embedded_path
+
+    path = embedded_path(config.clickhouse_url)
+    return path is not None and not Path(path).exists()
+
+
+async def _with_pool(config: Config, fn: Callable[[Any], Awaitable[int]], *, access: Access) -> int:
+    """Run ``fn(pool)`` on Postgres; ``access`` says what the command does to it.
+
+    * ``read`` — nothing is written: no migration, and the embedded cluster is not created.
+      Against a database without Sluice's schema: "run `sluice migrate up` first".
+    * ``write`` — rows change; the schema is brought up first, so the CLI works on a fresh
+      install (idempotent and advisory-locked: safe beside a running server).
+    * ``schema`` — ``migrate up`` itself: ``fn`` migrates.
+    """
+    import asyncpg
+
     from ingest.app import connect_postgres
     from storage.migrations import postgres_up
     from storage.postgres import close_pool
 
+    if access != "read":
+        _require_migrations()
+    elif _no_embedded_postgres(config):
+        raise CliError(
+            f"no Sluice database under {config.embedded_postgres_dir} yet: "
+            "run `sluice migrate up` first (or set DATABASE_URL)"
+        )
     try:
         pool = await connect_postgres(config)
-        # The CLI may run before any `serve` (fresh install): bring the schema up first.
-        # Idempotent and advisory-locked, so it is safe beside a running server.
-        if migrate:
+        if access == "write":
             await postgres_up(pool)
     except Exception as exc:
         raise CliError(f"Postgres: {exc}") from exc
     try:
         return await fn(pool)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+        raise CliError(
+            f"{_postgres_name(config)} is not migrated for this Sluice ({exc}): "
+            "run `sluice migrate up` first"
+        ) from None
     finally:
         await close_pool(pool)
 
@@ -104,6 +167,7 @@ async def _with_pool(
 async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from ingest.app import serve
 
+    _require_migrations()
     on_ready = _demo_banner if args.demo else None
     return await serve(config, on_ready=on_ready)
 
@@ -135,35 +199,43 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from storage import migrations
     from storage.clickhouse import ClickHouseError, open_clickhouse
 
+    _require_migrations()
+    up, with_sql = args.action == "up", args.action == "dry-run"
     report: dict[str, Any] = {}
     failed = False
 
     async def on_pg(pool: Any) -> int:
-        if args.action == "up":
+        if up:
             applied = await migrations.postgres_up(pool)
             report["postgres"] = {"applied": [m.version for m in applied]}
         else:
             status = await migrations.postgres_status(pool)
-            report["postgres"] = _status_report(status, args.action == "dry-run", "postgres")
+            report["postgres"] = _status_report(status, with_sql, "postgres")
         return 0
 
-    await _with_pool(config, on_pg, migrate=False)
-    try:
-        ch = await open_clickhouse(config.clickhouse_url)
+    # status and dry-run write nothing: they only read the bookkeeping tables, and an
+    # embedded store that was never created is not created to be read (all is pending).
+    if not up and _no_embedded_postgres(config):
+        report["postgres"] = _status_report(_all_pending("postgres"), with_sql, "postgres")
+    else:
+        await _with_pool(config, on_pg, access="schema" if up else "read")
+    if not up and _no_embedded_clickhouse(config):
+        report["clickhouse"] = _status_report(_all_pending("clickhouse"), with_sql, "clickhouse")
+    else:
         try:
-            if args.action == "up":
-                applied = await migrations.clickhouse_up(ch)
-                report["clickhouse"] = {"applied": [m.version for m in applied]}
-            else:
-                status = await migrations.clickhouse_status(ch)
-                report["clickhouse"] = _status_report(
-                    status, args.action == "dry-run", "clickhouse"
-                )
-        finally:
-            await ch.close()
-    except ClickHouseError as exc:
-        report["clickhouse"] = {"error": str(exc)}
-        failed = True
+            ch = await open_clickhouse(config.clickhouse_url)
+            try:
+                if up:
+                    applied = await migrations.clickhouse_up(ch)
+                    report["clickhouse"] = {"applied": [m.version for m in applied]}
+                else:
+                    status = await migrations.clickhouse_status(ch)
+                    report["clickhouse"] = _status_report(status, with_sql, "clickhouse")
+            finally:
+                await ch.close()
+        except ClickHouseError as exc:
+            report["clickhouse"] = {"error": str(exc)}
+            failed = True
     if args.json:
         out_json(report)
     else:
@@ -176,9 +248,15 @@ async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
             else:
                 for m in info["migrations"]:
                     print(f"{store}: {m['version']:04d} {m['name']:<24} {m['state']}")
-                    if args.action == "dry-run" and m["state"] == "pending":
+                    if with_sql and m["state"] == "pending":
                         print(_indent(m["sql"]))
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _all_pending(store: str) -> list[Any]:
+    from storage.migrations import MigrationStatus, discover
+
+    return [MigrationStatus(m.version, m.name, False) for m in discover(store)]
 
 
 def _status_report(status: list[Any], with_sql: bool, store: str) -> dict[str, Any]:
@@ -232,7 +310,7 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
                 print(f"project {project_id} deleted (soft); its tokens no longer resolve")
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
 async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
@@ -267,7 +345,7 @@ async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
 async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
@@ -338,7 +416,8 @@ async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
             )
         return EXIT_OK
 
-    return await _with_pool(config, run)
+    read_only = args.action in ("stats", "list", "show")
+    return await _with_pool(config, run, access="read" if read_only else "write")
 
 
 def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -351,57 +430,90 @@ def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 # --- parsing --------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sluice", description="Event-ingest server for product analytics."
+        prog="sluice",
+        description="Event-ingest server for product analytics.",
+        epilog="Configuration is read from the environment (DATABASE_URL, CLICKHOUSE_URL, "
+        "DATA_DIR, INGEST_*, …: see the README). Exit codes: 0 done, 1 a store failed or "
+        "what was asked for does not exist, 2 bad configuration or usage.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--json", action="store_true", help="print JSON only")
+        p.add_argument("--json", action="store_true", help="print one JSON document only")
         return p
 
-    serve = sub.add_parser("serve", help="run the ingest server")
-    serve.add_argument("--demo", action="store_true", help="ensure a demo project; print a curl")
+    serve = sub.add_parser("serve", help="run the ingest server (applies pending migrations)")
+    serve.add_argument(
+        "--demo", action="store_true", help="ensure a demo project; print its token and a curl"
+    )
 
     migrate = with_json(sub.add_parser("migrate", help="schema migrations of both stores"))
-    migrate.add_argument("action", choices=["status", "up", "dry-run"])
+    migrate.add_argument(
+        "action",
+        choices=["status", "up", "dry-run"],
+        help="status: applied/pending per store; up: apply pending; dry-run: status plus the "
+        "pending SQL (status and dry-run change nothing)",
+    )
 
     projects = sub.add_parser("projects", help="manage projects").add_subparsers(
         dest="action", required=True
     )
-    with_json(projects.add_parser("create", help="create a project and its first token"))
-    projects.choices["create"].add_argument("name")
-    plist = with_json(projects.add_parser("list", help="list projects"))
+    create = with_json(projects.add_parser("create", help="create a project and its first token"))
+    create.add_argument("name")
+    plist = with_json(projects.add_parser("list", help="list live projects (read-only)"))
     plist.add_argument("--all", action="store_true", help="include deleted projects")
-    with_json(projects.add_parser("delete", help="soft-delete a project")).add_argument("id")
+    delete = with_json(projects.add_parser("delete", help="soft-delete a project and its tokens"))
+    delete.add_argument("id", help="project id")
 
     tokens = sub.add_parser("tokens", help="manage tokens").add_subparsers(
         dest="action", required=True
     )
-    with_json(tokens.add_parser("issue", help="issue a token")).add_argument("project_id")
-    with_json(tokens.add_parser("list", help="list a project's tokens")).add_argument("project_id")
-    with_json(tokens.add_parser("revoke", help="revoke a token")).add_argument("token_or_id")
+    issue = with_json(tokens.add_parser("issue", help="issue another token for a project"))
+    issue.add_argument("project_id")
+    tlist = with_json(tokens.add_parser("list", help="list a project's tokens, masked (read-only)"))
+    tlist.add_argument("project_id")
+    revoke = with_json(tokens.add_parser("revoke", help="revoke a token"))
+    revoke.add_argument("token_or_id", help="the token itself, or its id")
 
     dlq = sub.add_parser("dlq", help="inspect and steer the dead-letter queue").add_subparsers(
         dest="action", required=True
     )
-    with_json(dlq.add_parser("stats", help="depth, quarantine, oldest age, last error"))
-    dlist = with_json(dlq.add_parser("list", help="list dead-letter rows"))
-    dlist.add_argument("--quarantined", action="store_true")
-    dlist.add_argument("--limit", type=int, default=100)
-    with_json(dlq.add_parser("show", help="a row and the events inside")).add_argument("id")
-    retry = with_json(dlq.add_parser("retry", help="make a row (or all) due now"))
+    with_json(dlq.add_parser("stats", help="depth, quarantine, oldest age, last error (read-only)"))
+    dlist = with_json(dlq.add_parser("list", help="list active dead-letter rows (read-only)"))
+    dlist.add_argument("--quarantined", action="store_true", help="list quarantined rows instead")
+    dlist.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N", help="at most N rows (100)"
+    )
+    show = with_json(dlq.add_parser("show", help="a row and the events inside (read-only)"))
+    show.add_argument("id", help="dead-letter row id")
+    retry = with_json(dlq.add_parser("retry", help="make an active row (or all) due now"))
     group = retry.add_mutually_exclusive_group(required=True)
-    group.add_argument("id", nargs="?")
-    group.add_argument("--all", action="store_true")
-    requeue = with_json(dlq.add_parser("requeue", help="move quarantined rows back"))
+    group.add_argument("id", nargs="?", help="dead-letter row id")
+    group.add_argument("--all", action="store_true", help="every active row")
+    requeue = with_json(dlq.add_parser("requeue", help="move quarantined rows back to the queue"))
     group = requeue.add_mutually_exclusive_group(required=True)
-    group.add_argument("id", nargs="?")
-    group.add_argument("--all-quarantined", action="store_true")
-    purge = with_json(dlq.add_parser("purge", help="delete quarantined rows"))
-    purge.add_argument("--quarantined", action="store_true", required=True)
-    purge.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h")
+    group.add_argument("id", nargs="?", help="dead-letter row id")
+    group.add_argument("--all-quarantined", action="store_true", help="every quarantined row")
+    purge = with_json(dlq.add_parser("purge", help="delete quarantined rows for good"))
+    purge.add_argument(
+        "--quarantined",
+        action="store_true",
+        required=True,
+        help="required: only quarantined rows are ever purged",
+    )
+    purge.add_argument("--older-than", metavar="AGE", help="quarantined before AGE ago: 30d, 12h")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 

@@ -3,8 +3,8 @@
 Enters: ``os.environ`` (or any mapping, for tests).
 Leaves: a frozen :class:`Config`.
 On failure: :class:`ConfigError` whose message is one line naming the variable, the
-value and what was expected; ``cmd``/``cli`` turns it into exit code 2 before anything
-starts.
+value (a URL's password masked: ``postgresql://sluice:***@db/sluice``) and what was
+expected; ``cmd``/``cli`` turns it into exit code 2 before anything starts.
 """
 
 from __future__ import annotations
@@ -13,15 +13,19 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from storage.urls import mask_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class ConfigError(ValueError):
-    """A configuration variable is invalid. ``str(err)`` is the one line to print."""
+    """A configuration variable is invalid. ``str(err)`` is the one line to print; it
+    never contains a password."""
 
 
 def parse_duration(value: str) -> float:
@@ -30,6 +34,13 @@ def parse_duration(value: str) -> float:
     if not match:
         raise ValueError("expected a duration like 50ms, 2s, 1m, 1h or plain seconds")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _check_port(url: str) -> None:
+    try:
+        _ = urlparse(url).port  # raises ValueError unless absent or 0..65535
+    except ValueError:
+        raise ValueError("the port is not a number from 0 to 65535") from None
 
 
 def _parse_bool(value: str) -> bool:
@@ -159,6 +170,7 @@ class Config(BaseModel):
     def _clickhouse_url(cls, value: str) -> str:
         if not value.startswith(("chdb://", "http://", "https://")):
             raise ValueError("expected chdb:///path or http(s)://user:pass@host:port/database")
+        _check_port(value)
         return value
 
     @field_validator("database_url")
@@ -166,6 +178,8 @@ class Config(BaseModel):
     def _database_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("postgres://", "postgresql://")):
             raise ValueError("expected postgresql://user:pass@host:port/database, or unset")
+        if value is not None:
+            _check_port(value)
         return value
 
     @field_validator("log_level")
@@ -211,9 +225,27 @@ def load_config(environ: Mapping[str, str]) -> Config:
         field = str(error["loc"][0]) if error["loc"] else "?"
         var = _FIELD_TO_VAR.get(field, field)
         value = environ.get(var, ENV_VARS.get(var, ("", ""))[1])
+        value = mask_url(value) if isinstance(value, str) else value
         reason = _EXPECTED.get(field) if error["type"].endswith("_parsing") else None
         reason = reason or str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid {var}={value!r}: {reason}") from None
+    config = _fit_flush_to_buffer(config, environ)
+    return config
+
+
+def _fit_flush_to_buffer(config: Config, environ: Mapping[str, str]) -> Config:
+    """A flush never exceeds the buffer, and a default yields to what the operator set:
+    ``INGEST_FLUSH_EVENTS`` unset → at most half of ``INGEST_EVENT_BUFFER`` (a batch can
+    be in flight while the next one fills); ``INGEST_EVENT_BUFFER`` unset → at least twice
+    ``INGEST_FLUSH_EVENTS``. Only both set and in conflict is an error, naming both."""
+    buffer_set = bool(environ.get("INGEST_EVENT_BUFFER"))
+    flush_set = bool(environ.get("INGEST_FLUSH_EVENTS"))
+    if buffer_set and not flush_set:
+        flush = min(config.flush_events, max(1, config.event_buffer // 2))
+        return config.model_copy(update={"flush_events": flush})
+    if flush_set and not buffer_set:
+        buffer = max(config.event_buffer, 2 * config.flush_events)
+        return config.model_copy(update={"event_buffer": buffer})
     if config.flush_events > config.event_buffer:
         raise ConfigError(
             f"invalid INGEST_FLUSH_EVENTS={config.flush_events}: "

@@ -6,6 +6,7 @@
   ``DATABASE_URL`` is unset.
 * :mod:`storage.migrations` — numbered SQL files under ``migrations/``, applied in order
   and recorded in each store.
+* :mod:`storage.urls` — store URLs in messages with their passwords masked.
 
 Depends on nothing else of Sluice's.
 """

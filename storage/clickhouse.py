@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from storage.urls import mask_url
+
 # Error codes meaning "these rows can never be stored as they are": retrying is useless,
 # so the dead-letter drain bisects the batch and quarantines the offenders.
 PERMANENT_CODES = frozenset(
@@ -91,10 +93,12 @@ LOCK_WAIT = 10.0  # seconds open() waits for a directory the engine of a killed 
 
 
 class ClickHouseError(Exception):
-    """A ClickHouse call failed. ``transient`` = retrying the same data may succeed."""
+    """A ClickHouse call failed. ``transient`` = retrying the same data may succeed.
+
+    The message never carries a password (:func:`storage.urls.mask_url`)."""
 
     def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(mask_url(message))
         self.transient = transient
         self.code = code
         self.held = False  # the embedded directory is locked by another process
@@ -414,15 +418,23 @@ class HttpClickHouse(ClickHouse):
                 await asyncio.wait_for(client.close(), max(0.01, timeout))
 
 
+def embedded_path(url: str) -> str | None:
+    """The directory of a ``chdb://`` URL (``chdb:///abs/path``, ``chdb://relative/path``),
+    or None for a ClickHouse server."""
+    if not url.startswith("chdb://"):
+        return None
+    parsed = urlparse(url)
+    return parsed.netloc + parsed.path
+
+
 async def open_clickhouse(url: str) -> ClickHouse:
     """Open the store named by ``CLICKHOUSE_URL``.
 
     The embedded engine is opened now (failure is a boot error); a server is contacted on
     first use, so an unreachable server does not stop Sluice from starting.
     """
-    if url.startswith("chdb://"):
-        parsed = urlparse(url)
-        path = parsed.netloc + parsed.path  # chdb:///abs/path, or chdb://relative/path
+    path = embedded_path(url)
+    if path is not None:
         if not path or path in ("/memory", "/:memory:"):
             raise ClickHouseError("CLICKHOUSE_URL: chdb needs an on-disk path", transient=False)
         store = EmbeddedClickHouse(path)

@@ -15,6 +15,7 @@ Files live in ``migrations/postgres/NNNN_name.sql`` and ``migrations/clickhouse/
 
 Enters: a pool or a :class:`~storage.clickhouse.ClickHouse`. Leaves: the versions applied.
 On failure: the store's error propagates; nothing after the failing file is applied.
+No migration files at all: :class:`MigrationsMissing` (a broken install), never "up to date".
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ import asyncpg
 
 from storage.clickhouse import ClickHouse
 
+# `migrations/` sits beside `storage/`: in the checkout, and in site-packages once the
+# wheel is installed (it ships as package data). Anchored to this file rather than found
+# by import name, so a `migrations` folder in the working directory is never taken for it.
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 _PG_LOCK_KEY = 0x5C1CE  # advisory lock id for "sluice migrations"
+
+
+class MigrationsMissing(RuntimeError):
+    """No migration files where they should be: the installation is incomplete."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,14 @@ class MigrationStatus:
 
 
 def discover(store: str, root: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations of ``store`` ("postgres" or "clickhouse"), in version order."""
+    """The migrations of ``store`` ("postgres" or "clickhouse"), in version order.
+
+    Raises :class:`MigrationsMissing` when there are none."""
+    if not any((root / store).glob("[0-9][0-9][0-9][0-9]_*")):
+        raise MigrationsMissing(
+            f"no {store} migrations in {root / store}: this Sluice installation is "
+            "incomplete (they ship in its wheel as package data); reinstall Sluice"
+        )
     found = []
     for path in sorted(p for p in (root / store).iterdir() if p.suffix in (".sql", ".py")):
         match = _FILE.match(path.name)
@@ -152,12 +167,24 @@ ORDER BY version"""
 
 async def _ch_applied(ch: ClickHouse) -> set[int]:
     await ch.command(_CH_TABLE)
+    return await _ch_recorded(ch)
+
+
+async def _ch_recorded(ch: ClickHouse) -> set[int]:
+    """Read-only: the versions recorded; none while the bookkeeping table does not exist."""
+    (exists,) = await ch.query_rows(
+        "SELECT count() FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'sluice_schema_migrations'"
+    )
+    if not exists[0]:
+        return set()
     rows = await ch.query_rows("SELECT DISTINCT version FROM sluice_schema_migrations")
     return {int(r[0]) for r in rows}
 
 
 async def clickhouse_status(ch: ClickHouse) -> list[MigrationStatus]:
-    applied = await _ch_applied(ch)
+    """Read-only (as :func:`postgres_status`): nothing is created, not even the table."""
+    applied = await _ch_recorded(ch)
     return [
         MigrationStatus(m.version, m.name, m.version in applied) for m in discover("clickhouse")
     ]

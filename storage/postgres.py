@@ -8,7 +8,8 @@ one server.
 
 Enters: a DSN. Leaves: a pool whose ``jsonb`` values travel as raw JSON bytes (binary
 codec: the dead-letter payload is encoded/decoded by orjson, never by the text codec).
-On failure: :class:`PostgresUnavailable` after the boot retry window, naming the target.
+On failure: :class:`PostgresUnavailable` after the boot retry window, naming the target
+(never its password: see :mod:`storage.urls`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from urllib.parse import urlparse
 
 import asyncpg
 
+from storage.urls import mask_url
+
 BOOT_RETRY_SECONDS = 15.0  # how long `serve` waits for Postgres to answer before exiting
 COMMAND_TIMEOUT = 15.0
 
 
 class PostgresUnavailable(RuntimeError):
-    """Postgres did not answer. The message says where and what to check."""
+    """Postgres did not answer. The message says where and what to check (no password)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url(message))
 
 
 def describe(dsn: str) -> str:
@@ -52,6 +58,11 @@ class EmbeddedPostgres:
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
         self._server: Any = None
+
+    @property
+    def exists(self) -> bool:
+        """Whether the cluster was ever created (:meth:`start` would create it)."""
+        return (self.path / "PG_VERSION").exists()
 
     def start(self) -> str:
         """Start (or join) the server; return its DSN. Blocking: call before the loop."""

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,16 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
 
 
 class Server:
-    """A real ``sluice serve`` process."""
+    """A real ``sluice serve`` process (the checkout's, unless ``command`` says which)."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str], file_size_limit: int | None = None
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        file_size_limit: int | None = None,
+        *,
+        command: Sequence[str] = SLUICE,
+        cwd: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -206,7 +212,8 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*SLUICE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [*command, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=cwd,
             preexec_fn=None if file_size_limit is None else _file_size_limit(file_size_limit),
         )  # fmt: skip
 

@@ -72,9 +72,43 @@ def test_bad_value_names_the_variable(var: str, value: str, expected: str) -> No
     assert "\n" not in message
 
 
-def test_flush_size_cannot_exceed_the_buffer() -> None:
-    with pytest.raises(ConfigError, match="INGEST_FLUSH_EVENTS"):
+def test_flush_size_set_above_the_buffer_set_is_an_error_naming_both() -> None:
+    with pytest.raises(ConfigError) as err:
         load_config({"INGEST_EVENT_BUFFER": "10", "INGEST_FLUSH_EVENTS": "20"})
+    assert str(err.value) == (
+        "invalid INGEST_FLUSH_EVENTS=20: must not exceed INGEST_EVENT_BUFFER=10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "buffer", "flush"),
+    [
+        # the flush default yields to a buffer the operator set: at most half of it
+        ({"INGEST_EVENT_BUFFER": "1000"}, 1_000, 500),
+        ({"INGEST_EVENT_BUFFER": "30000"}, 30_000, 15_000),
+        ({"INGEST_EVENT_BUFFER": "1"}, 1, 1),
+        ({"INGEST_EVENT_BUFFER": "500000"}, 500_000, 20_000),
+        # the buffer default yields to a flush size the operator set: at least twice it
+        ({"INGEST_FLUSH_EVENTS": "80000"}, 160_000, 80_000),
+        ({"INGEST_FLUSH_EVENTS": "1000"}, 100_000, 1_000),
+        # both set: taken as they are when they fit, even a flush of the whole buffer
+        ({"INGEST_EVENT_BUFFER": "1000", "INGEST_FLUSH_EVENTS": "1000"}, 1_000, 1_000),
+        # an empty value is unset
+        ({"INGEST_EVENT_BUFFER": "1000", "INGEST_FLUSH_EVENTS": ""}, 1_000, 500),
+    ],
+)
+def test_a_default_yields_to_the_value_the_operator_set(
+    env: dict[str, str], buffer: int, flush: int
+) -> None:
+    config = load_config(env)
+    assert (config.event_buffer, config.flush_events) == (buffer, flush)
+
+
+def test_a_server_with_only_a_small_buffer_set_boots(start_server) -> None:
+    """Setting only INGEST_EVENT_BUFFER used to stop boot over INGEST_FLUSH_EVENTS."""
+    server = start_server(INGEST_EVENT_BUFFER="1000")
+    assert server.healthz().json()["buffer"] == {"pending": 0, "capacity": 1000}
+    assert server.stop() == 0
 
 
 def test_bad_config_stops_serve_with_exit_2_and_one_line(tmp_path) -> None:
