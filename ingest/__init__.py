@@ -7,29 +7,39 @@
         ▼
     validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
         │       index, with a reason; object values kept as sent
-        │  row lines (JSONCompactEachRow, received_at stamped once) per request
+        │  row lines (ingest/rows.py: the row contract), received_at stamped once
         ▼
     buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py
-        │  batches of ≤ INGEST_FLUSH_EVENTS, or every INGEST_FLUSH_INTERVAL
+        │       requests fill a batch; a batch is a log segment,
+        │       its id the dedup token, cut at INGEST_FLUSH_EVENTS
+        │  append ↓ · the 2xx waits for the group sync that covers it
+    log ─────── write-ahead log: length|crc32|payload records,     ingest/wal.py
+        │       one writer thread, one fdatasync per group; at boot
+        │       the segments a dead process left are flushed first
+        │  a batch, once every record in it is durable
         ▼
     flush ───── one INSERT per batch, batch id = dedup token       ingest/flush.py
         │  (ClickHouse parses the lines; nothing is re-encoded in Python)
-        │ ok → ClickHouse events_raw_v1 (+ usage hook)
+        │ ok → ClickHouse events_raw_v1 (+ usage hook), log segment deleted
         │ fail ↓
-    dead-letter  one failed_events row per batch (Postgres)        ingest/deadletter.py
-        │        (that fails too → fatal: 503 "ingest down", batch held in memory)
+    dead-letter  one failed_events row per batch (Postgres),       ingest/deadletter.py
+        │        log segment deleted (that fails too → fatal: 503
+        │        "ingest down", batch held in memory and in the log)
         ▼
-    drain ───── replay due rows (SKIP LOCKED), backoff on          ingest/drain.py
-                transient errors, bisect + quarantine permanent ones
+    drain ───── replay due rows (SKIP LOCKED) by the flush's       ingest/drain.py
+                path, backoff on transient errors, bisect +
+                quarantine permanent ones
 
 Around it: process flags read by the hot path (``state.py``), metrics (``metrics.py``),
-configuration (``config.py``), logging (``logs.py``), the composition root and the
-shutdown choreography (``app.py``), and the ``sluice`` command line (``cli.py``).
-Stores live in ``storage/`` (ClickHouse transports, Postgres, migrations); projects and
-tokens in ``auth/``.
+configuration (``config.py``), logging (``logs.py``), the composition root, the boot
+recovery and the one-deadline shutdown (``app.py``), and the ``sluice`` command line
+(``cli.py``). Stores live in ``storage/`` (ClickHouse transports, Postgres, migrations);
+projects and tokens in ``auth/``.
 
-The promise: an event answered with 2xx reaches ClickHouse exactly once. Every stage
-says in its docstring what enters, what leaves and what happens on failure.
+The promise: an event answered with 2xx reaches ClickHouse exactly once — also across a
+crash (the log), a lost acknowledgement (the dedup token) and a client retry (the sort
+key). Every stage says in its docstring what enters, what leaves and what happens on
+failure.
 """
 
 __version__ = "0.1.0"

@@ -324,7 +324,7 @@ async def stop_service(service: Service, deadline: float | None = None) -> int:
     reserve = min(CLOSE_RESERVE, grace * 0.2)
     service.state.shutting_down = True
     service.drain.stop()
-    flusher_task = service.flusher._task
+    flusher_task = service.flusher.task
     others = [t for t in service.tasks if t is not flusher_task]
     for task in others:  # the drain's open transaction rolls back: its rows stay put,
         task.cancel()  # and a replay that landed anyway is deduplicated by its token

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ingest.ids import uuid7_int
+from ingest.ids import uuid7_int, uuid_str
 from ingest.wal import SegmentReport, Wal, WalError
 
 
@@ -60,8 +60,6 @@ class Batch:
 
     @property
     def id(self) -> str:
-        from ingest.ids import uuid_str
-
         return uuid_str(self.id_int)
 
     @property

@@ -420,6 +420,54 @@ async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
     return await _with_pool(config, run, access="read" if read_only else "write")
 
 
+async def cmd_wal(config: Config, args: argparse.Namespace) -> int:
+    """``wal status``: what the write-ahead log holds, read from its files only (safe
+    beside a running server: its newest segment may show a tail being written)."""
+    from ingest.wal import CORRUPT_DIR, list_segments, read_segment
+
+    directory = config.wal_dir
+
+    def describe_segment(path: Path, where: str) -> dict[str, Any]:
+        report = read_segment(path)
+        if report.corrupt:
+            state = f"corrupt: {report.corrupt}"
+        elif report.torn:
+            state = f"tail of {report.torn} bytes being written, or torn"
+        else:
+            state = "ok"
+        return {
+            "file": str(path),
+            "where": where,
+            "batch_id": str(uuid.UUID(bytes=report.segment_id)) if report.segment_id else None,
+            "requests": len(report.records),
+            "events": report.events,
+            "bytes": path.stat().st_size,
+            "state": state,
+        }
+
+    segments = [describe_segment(p, "log") for _, p in list_segments(directory)]
+    aside = directory / CORRUPT_DIR
+    corrupt = [describe_segment(p, "corrupt") for p in sorted(aside.glob("*.wal"))]
+    data = {
+        "wal_dir": str(directory),
+        "durability": config.durability,
+        "segments": segments,
+        "corrupt": corrupt,
+        "events": sum(s["events"] for s in segments),
+        "bytes": sum(s["bytes"] for s in segments),
+    }
+    if args.json:
+        out_json(data)
+        return EXIT_OK
+    print(f"write-ahead log {directory} (INGEST_DURABILITY={config.durability})")
+    print(f"{len(segments)} segment(s), {data['events']} event(s), {data['bytes']} bytes")
+    out_table(segments, ["file", "batch_id", "requests", "events", "bytes", "state"])
+    if corrupt:
+        print(f"\n{len(corrupt)} corrupt segment(s) set aside in {aside} (not replayed):")
+        out_table(corrupt, ["file", "batch_id", "requests", "events", "state"])
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
         out_json(data)
@@ -515,6 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--older-than", metavar="AGE", help="quarantined before AGE ago: 30d, 12h")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    wal = sub.add_parser("wal", help="inspect the write-ahead log").add_subparsers(
+        dest="action", required=True
+    )
+    with_json(
+        wal.add_parser(
+            "status", help="segments waiting for a store, and corrupt ones set aside (read-only)"
+        )
+    )
     return parser
 
 
@@ -524,6 +581,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Awaitable[int]]] = {
     "projects": cmd_projects,
     "tokens": cmd_tokens,
     "dlq": cmd_dlq,
+    "wal": cmd_wal,
 }
 
 

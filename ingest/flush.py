@@ -145,6 +145,11 @@ class Flusher:
         self._task = asyncio.create_task(self.run(), name="flusher")
         return self._task
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop started by :meth:`start` (:meth:`stop` ends it)."""
+        return self._task
+
     async def run(self) -> None:
         """The background loop: size-or-interval batching until :meth:`stop`."""
         while not self._stopping:

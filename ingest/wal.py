@@ -33,7 +33,9 @@ Group commit: requests never sync on their own. Records queue on the event loop;
 writer thread writes everything queued with one ``writev`` per file and one
 ``fdatasync``, then resolves the group's future; what arrived meanwhile forms the next
 group. Under load a sync covers hundreds of requests (measured figures in the README).
-The checksum is computed in the writer thread (zlib releases the GIL), not on the loop.
+The checksum is computed on the loop when the record is queued (~8 µs for 46 KB): the
+writer thread then takes the GIL back only twice per group (after ``writev`` and after
+``fdatasync``) — each time it may wait up to a switch interval behind a busy loop.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ log = structlog.get_logger("sluice.wal")
 MAGIC = b"SLUICEWAL1\n\0"
 HEADER_BYTES = len(MAGIC) + 16
 _RECORD = struct.Struct("<II")  # length, crc32
+_LENGTH = struct.Struct("<I")
 SUFFIX = ".wal"
 CORRUPT_DIR = "corrupt"
 LOCK_FILE = "LOCK"
@@ -113,7 +116,7 @@ class Wal:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-wal")
         self._files: dict[bytes, _File] = {}
         self._next_seq = 0
-        self._queue: list[tuple[bytes, bytes, bytes, Any]] = []
+        self._queue: list[tuple[bytes, bytes, bytes, bytes, Any]] = []
         self._group: asyncio.Future[None] | None = None
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,7 +153,12 @@ class Wal:
         """Queue one record for ``segment_id`` (created on its first record). Returns the
         future of the group that will make it durable; ``item`` is handed back to
         :attr:`on_failure` if that group fails."""
-        self._queue.append((segment_id, project, data, item))
+        # The record's header is made here, on the loop (~8 µs for a 46 KB request): in
+        # the writer thread zlib would release and re-take the GIL once per record, and
+        # with a busy loop each re-take waits up to a switch interval (5 ms).
+        length = len(project) + len(data)
+        crc = zlib.crc32(data, zlib.crc32(project, zlib.crc32(_LENGTH.pack(length))))
+        self._queue.append((segment_id, _RECORD.pack(length, crc), project, data, item))
         self.stats.bytes += len(data) + 24
         group = self._group
         if group is None:
@@ -187,9 +195,9 @@ class Wal:
             self.stats.failures += 1
             self.stats.failing = True
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            self.stats.bytes -= sum(len(it[2]) + 24 for it in items)
+            self.stats.bytes -= sum(len(it[3]) + 24 for it in items)
             log.error("wal_write_failed", error=self.stats.last_error, records=len(items))
-            self.on_failure([it[3] for it in items])  # before anyone sees the error
+            self.on_failure([it[4] for it in items])  # before anyone sees the error
             if not group.done():
                 group.set_exception(WalError(str(exc)))
                 group.exception()  # retrieved here; every waiter still gets it
@@ -198,24 +206,21 @@ class Wal:
         elif self._idle is not None:
             self._idle.set()
 
-    def _write(self, items: list[tuple[bytes, bytes, bytes, Any]]) -> None:
+    def _write(self, items: list[tuple[bytes, bytes, bytes, bytes, Any]]) -> None:
         """Writer thread: append every queued record, one writev and one fdatasync per
         file touched. On failure, cut the files back to their durable size and close
         them for good (the caller starts new segments)."""
         touched: dict[_File, list[bytes]] = {}
         created: list[_File] = []
         try:
-            for segment_id, project, data, _ in items:
+            for segment_id, head, project, data, _ in items:
                 f = self._files.get(segment_id)
                 if f is None:
                     f = self._create(segment_id)
                     created.append(f)
                 if f.closed:
                     raise WalError(f"segment {f.path.name} takes no more records")
-                length = len(project) + len(data)
-                head = struct.pack("<I", length)
-                crc = zlib.crc32(data, zlib.crc32(project, zlib.crc32(head)))
-                touched.setdefault(f, []).extend((_RECORD.pack(length, crc), project, data))
+                touched.setdefault(f, []).extend((head, project, data))
             for f, parts in touched.items():
                 _writev_all(f.fd, parts)
             for f in touched:
@@ -359,7 +364,7 @@ def read_segment(path: Path) -> SegmentReport:
             report.torn = end - offset  # runs past the end, or a zero-filled tail
             break
         payload = view[offset + _RECORD.size : stop]
-        if zlib.crc32(payload, zlib.crc32(raw[offset : offset + 4])) != crc or length < 16:
+        if zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length))) != crc or length < 16:
             if stop == end:
                 report.torn = end - offset
             else:

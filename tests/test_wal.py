@@ -5,14 +5,16 @@ whose writes really fail."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from support import clickhouse_rows, events_with_ids, poll, request
+from support import SLUICE, clickhouse_rows, events_with_ids, poll, request
 
 from ingest.wal import CORRUPT_DIR, HEADER_BYTES, Wal, WalLocked, WalStats, read_segment, recover
 
@@ -166,6 +168,13 @@ def test_a_log_cut_mid_record_boots_and_lands_the_whole_records(
     os.truncate(segment, size - 100)  # the last request's record, cut short
     backup = tmp_path / "segment.copy"
     shutil.copy(segment, backup)
+    shown = subprocess.run([*SLUICE, "wal", "status", "--json"], capture_output=True, text=True,
+                           env={**os.environ, "DATA_DIR": str(data)}, check=True)  # fmt: skip
+    status = json.loads(shown.stdout)
+    assert [(s["requests"], s["events"], s["state"]) for s in status["segments"]] == [
+        (4, 40, f"tail of {read_segment(backup).torn} bytes being written, or torn")
+    ]
+    assert (status["events"], status["corrupt"]) == (40, [])
 
     again = start_server(data_dir=data)
     poll(
