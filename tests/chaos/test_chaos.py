@@ -346,28 +346,33 @@ def test_6c_sigterm_under_load_while_clickhouse_hangs_exits_within_the_grace(
     assert ch_counts(data) == Counter({i: 1 for i in load.accepted})
 
 
-def test_6d_one_client_event_sent_across_a_restart_with_new_sent_at_is_one_row(
+def test_6d_one_client_event_sent_to_two_instances_with_new_sent_at_is_one_row(
     start_server, project, tmp_path
 ) -> None:
     """A client retry with its own id but a different sent_at (every SDK sends one),
-    once before and once after a restart: one row in FINAL, and after OPTIMIZE."""
+    first to one instance, then to another (its own process, data dir and log, the same
+    Postgres and ClickHouse): one row in FINAL, and after OPTIMIZE."""
     _, token = project
-    data = tmp_path / "data"
+    shared = f"chdb://{tmp_path / 'clickhouse'}"
     same = events_with_ids(20)
     other = events_with_ids(1)
     other[0]["timestamp"] = same[0]["timestamp"]  # same time and name: still two events
-    first = start_server(data_dir=data)
+    first = start_server(data_dir=tmp_path / "a", CLICKHOUSE_URL=shared)
     assert first.post({"token": token, "events": same + other,
                        "sent_at": "2026-11-01T12:00:03Z"}).status == 202  # fmt: skip
     assert first.stop() == 0
-    second = start_server(data_dir=data)
+    second = start_server(data_dir=tmp_path / "b", CLICKHOUSE_URL=shared)
     assert second.post({"token": token, "events": same,
                         "sent_at": "2026-11-01T11:59:00Z"}).status == 202  # fmt: skip
     assert second.stop() == 0
-    path = data / "clickhouse"
+    path = tmp_path / "clickhouse"
     assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1") == [(41,)]
     assert clickhouse_rows(path, "SELECT count() FROM events_raw_v1 FINAL") == [(21,)]
+    # The two copies were corrected differently (their timestamps differ) …
+    assert clickhouse_rows(path, "SELECT uniqExact(timestamp) FROM events_raw_v1 "
+                           f"WHERE event_id = '{same[5]['uuid']}'") == [(2,)]  # fmt: skip
     clickhouse_rows(path, "OPTIMIZE TABLE events_raw_v1 FINAL")
+    # … and still collapse: one row per event, the other event with the same time kept.
     assert clickhouse_rows(path, "SELECT count(), uniqExact(event_id) FROM events_raw_v1") == [
         (21, 21)
     ]
