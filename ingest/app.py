@@ -136,6 +136,10 @@ class Service:
             "sluice_wal_bytes": ("Bytes of the write-ahead log not yet released", w.bytes),
             "sluice_wal_max_bytes": ("INGEST_WAL_MAX_BYTES", self.wal.max_bytes),
             "sluice_wal_failing": ("1 while the last log write or sync failed", w.failing),
+            "sluice_wal_sync_max_seconds": (
+                "Longest group write+sync since boot, as the event loop saw it",
+                w.sync_seconds_max,
+            ),
         }
 
     def _counters(self) -> dict[str, tuple[str, float]]:
@@ -149,7 +153,11 @@ class Service:
             w = self.wal.stats
             out.update(
                 {
-                    "sluice_wal_syncs": ("Log group commits (one fdatasync each)", w.syncs),
+                    "sluice_wal_syncs": ("Log group commits (one sync each)", w.syncs),
+                    "sluice_wal_sync_seconds": (
+                        "Time spent in group writes+syncs, as the event loop saw it",
+                        w.sync_seconds,
+                    ),
                     "sluice_wal_records": ("Requests made durable in the log", w.records),
                     "sluice_wal_write_failures": ("Failed log writes or syncs", w.failures),
                     "sluice_wal_torn_records": ("Torn records dropped at boot", w.torn_records),

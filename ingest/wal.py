@@ -30,12 +30,13 @@ after it is *corruption*: the segment is not replayed but moved to ``corrupt/`` 
 log directory, logged and counted; ``sluice wal`` lists it.
 
 Group commit: requests never sync on their own. Records queue on the event loop; one
-writer thread writes everything queued with one ``writev`` per file and one
-``fdatasync``, then resolves the group's future; what arrived meanwhile forms the next
+writer thread writes everything queued with one ``pwritev(…, RWF_DSYNC)`` per file (a
+write and a data sync in one system call; ``fdatasync`` where that does not apply), then
+resolves the group's future; what arrived meanwhile forms the next
 group. Under load a sync covers hundreds of requests (measured figures in the README).
 The checksum is computed on the loop when the record is queued (~8 µs for 46 KB): the
-writer thread then takes the GIL back only twice per group (after ``writev`` and after
-``fdatasync``) — each time it may wait up to a switch interval behind a busy loop.
+writer thread then takes the GIL back once per group — each time it may wait up to a
+switch interval behind a busy loop.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import asyncio
 import fcntl
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +101,8 @@ class WalStats:
     corrupt_segments: int = 0
     recovered_segments: int = 0
     recovered_events: int = 0
+    sync_seconds: float = 0.0  # total time groups took, queueing on the writer included
+    sync_seconds_max: float = 0.0
 
 
 class Wal:
@@ -179,11 +183,18 @@ class Wal:
         self._busy = True
         loop = self._loop
         assert loop is not None and group is not None
+        started = time.monotonic()
         done = self._executor.submit(self._write, items)
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished, f, group, items))
+        done.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._finished, f, group, items, started)
+        )
 
-    def _finished(self, done: Any, group: asyncio.Future, items: list) -> None:
+    def _finished(self, done: Any, group: asyncio.Future, items: list, started: float) -> None:
         self._busy = False
+        took = time.monotonic() - started
+        self.stats.sync_seconds += took
+        if took > self.stats.sync_seconds_max:
+            self.stats.sync_seconds_max = took
         exc = done.exception()
         if exc is None:
             self.stats.failing = False
@@ -222,9 +233,7 @@ class Wal:
                     raise WalError(f"segment {f.path.name} takes no more records")
                 touched.setdefault(f, []).extend((head, project, data))
             for f, parts in touched.items():
-                _writev_all(f.fd, parts)
-            for f in touched:
-                os.fdatasync(f.fd)
+                _write_durably(f.fd, parts, f.size)
             if created:
                 _fsync_dir(self.directory)
         except OSError:
@@ -244,9 +253,9 @@ class Wal:
         self._next_seq += 1
         path = self.directory / f"{seq:016x}{SUFFIX}"
         f = _File(seq, segment_id, path)
-        f.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        f.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._files[segment_id] = f
-        _writev_all(f.fd, [MAGIC, segment_id])
+        os.pwrite(f.fd, MAGIC + segment_id, 0)  # made durable with the first records
         f.size = HEADER_BYTES
         return f
 
@@ -296,16 +305,32 @@ class Wal:
                 f.fd = -1
 
 
-def _writev_all(fd: int, parts: list[bytes]) -> None:
+_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux ≥ 4.7: write and sync in one system call
+
+
+def _write_durably(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write ``parts`` at ``offset`` and make them durable. A group that fits one call
+    is written by ``pwritev`` with ``RWF_DSYNC``: one system call, so the writer thread
+    gives the GIL up and takes it back once per group instead of twice (measured: each
+    take can wait up to a switch interval behind a busy event loop). Otherwise, and
+    after a short write, ``fdatasync`` covers the whole file."""
     pending = [memoryview(p) for p in parts if p]
+    calls = 0
     while pending:
-        written = os.writev(fd, pending[:_IOV_MAX])
+        batch = pending[:_IOV_MAX]
+        whole = len(pending) <= _IOV_MAX and calls == 0
+        written = os.pwritev(fd, batch, offset, _DSYNC if whole else 0)
+        calls += 1
+        offset += written
+        if whole and written == sum(len(b) for b in batch) and _DSYNC:
+            return  # written and synced by that one call
         while written:
             if written >= len(pending[0]):
                 written -= len(pending.pop(0))
             else:
                 pending[0] = pending[0][written:]
                 written = 0
+    os.fdatasync(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
