@@ -40,6 +40,7 @@ import structlog
 from ingest.buffer import Buffer
 from ingest.deadletter import DeadLetter
 from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
+from ingest.logs import Repeats
 from ingest.metrics import Metrics
 from ingest.rows import EVENT_ID, decode_payload, project_counts
 from ingest.state import State
@@ -101,6 +102,7 @@ class Drain:
         self.batch_limit = batch_limit
         self.usage_hook = usage_hook
         self._wake = asyncio.Event()
+        self._repeats = Repeats()  # the same failure, over and over: a line a minute
         self._make_due = True  # at start, every active row is due
         self._stopping = False
 
@@ -130,7 +132,8 @@ class Drain:
                         pause = 0  # more may be due: go again at once
                 await self.refresh_depth()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("drain_postgres_error", error=str(exc)[:300])
+                if (repeats := self._repeats.due("postgres")) is not None:
+                    log.warning("drain_postgres_error", error=str(exc)[:300], repeats=repeats)
                 pause = 2.0
             except Exception:
                 log.exception("drain_error")
@@ -229,13 +232,15 @@ class Drain:
             await self.deadletter.record_failure(
                 conn, row_id, str(exc.error), backoff(record["attempt_count"] + 1)
             )
-            log.warning(
-                "drain_retry_later",
-                row_id=str(row_id),
-                events=remaining,
-                attempts=record["attempt_count"] + 1,
-                error=str(exc.error)[:300],
-            )
+            if (repeats := self._repeats.due("retry")) is not None:
+                log.warning(
+                    "drain_retry_later",
+                    row_id=str(row_id),
+                    events=remaining,
+                    attempts=record["attempt_count"] + 1,
+                    error=str(exc.error)[:300],
+                    repeats=repeats,
+                )
             return None
         bad = outcome.bad
         if bad:

@@ -120,6 +120,30 @@ class IsoTimeStamper:
         return event_dict
 
 
+class Repeats:
+    """Bounded repetition for a condition that recurs (a store down, a disk full): the
+    first occurrence of each ``key`` is logged, then at most one line per ``every``
+    seconds, carrying how many occurrences it stands for (``repeats``). A drain retrying
+    every 2 s through an hour-long outage writes 60 lines, not 1,800."""
+
+    def __init__(self, every: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> int | None:
+        """``None``: stay quiet. Otherwise log now, with ``repeats=`` the returned count
+        (occurrences since the last line, this one included)."""
+        now = self._clock()
+        last, count = self._seen.get(key, (-float("inf"), 0))
+        count += 1
+        if now - last >= self.every:
+            self._seen[key] = (now, 0)
+            return count
+        self._seen[key] = (last, count)
+        return None
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     numeric = _LEVELS[level]
     shared = [structlog.processors.add_log_level, IsoTimeStamper()]

@@ -55,6 +55,8 @@ from typing import Any
 
 import structlog
 
+from ingest.logs import Repeats
+
 log = structlog.get_logger("sluice.wal")
 
 MAGIC = b"SLUICEWAL1\n\0"
@@ -125,6 +127,7 @@ class Wal:
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
+        self._repeats = Repeats()  # a full disk fails every write: a line a minute
 
     # --- boot -----------------------------------------------------------------------
 
@@ -207,7 +210,9 @@ class Wal:
             self.stats.failing = True
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self.stats.bytes -= sum(len(it[3]) + 24 for it in items)
-            log.error("wal_write_failed", error=self.stats.last_error, records=len(items))
+            if (repeats := self._repeats.due("write")) is not None:
+                log.error("wal_write_failed", error=self.stats.last_error, records=len(items),
+                          repeats=repeats)  # fmt: skip
             self.on_failure([it[4] for it in items])  # before anyone sees the error
             if not group.done():
                 group.set_exception(WalError(str(exc)))
