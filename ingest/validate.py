@@ -286,10 +286,14 @@ def _decode_envelope(body: bytes) -> Envelope:
             pass
         except msgspec.DecodeError as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from None
+    # The typed passes stop at the first value of the wrong type; a malformed part after
+    # it (a DecodeError here) still makes the body something other than JSON.
     try:
         top = _decode_raw_object(body)
     except msgspec.ValidationError:
         raise BadRequest('body must be a JSON object: {"token": ..., "events": [...]}') from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
     unknown = top.keys() - ENVELOPE_KEYS
     if unknown:
         # The message quotes what was sent: a few keys, each cut short, so a body of
@@ -305,13 +309,15 @@ def _decode_envelope(body: bytes) -> Envelope:
         raws = _decode_raw_list(top["events"])
     except msgspec.ValidationError:
         raise BadRequest("events must be a list") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
     events: list[Event | Raw] = []
     for raw in raws:
         for decode_event in _decode_events:
             try:
                 events.append(decode_event(raw))
                 break
-            except msgspec.ValidationError:
+            except msgspec.DecodeError:  # ValidationError included
                 pass
         else:
             events.append(raw)
@@ -329,7 +335,7 @@ def _envelope_value(raw: Raw | None) -> Any:
         return None
     try:
         return _decode_any(raw)
-    except msgspec.ValidationError:
+    except msgspec.DecodeError:  # ValidationError included
         return _OUT_OF_RANGE
 
 
@@ -369,7 +375,7 @@ def _mark_lone_surrogates(body: bytes) -> bytes | None:
     return None if marked is None else bytes(marked)
 
 
-def _has_nul(raw: bytes | Raw) -> bool:
+def has_nul_escape(raw: bytes | Raw) -> bool:
     """True when the JSON text ``raw`` holds a ``\\u0000`` escape (an escaped backslash
     followed by ``u0000`` is not one)."""
     text = bytes(raw)
@@ -384,7 +390,7 @@ def _refuse_unicode(body: bytes, events: list[Event | SdkEvent | Raw | Rejected]
     except (msgspec.DecodeError, KeyError, RecursionError):  # pragma: no cover - decoded once
         return
     for index, raw in enumerate(raws):
-        if not _has_nul(raw):
+        if not has_nul_escape(raw):
             continue
         field = "event"
         try:
@@ -392,7 +398,7 @@ def _refuse_unicode(body: bytes, events: list[Event | SdkEvent | Raw | Rejected]
         except msgspec.ValidationError:  # not an object: rejected as such anyway
             continue
         for key, value in obj.items():
-            if _has_nul(value) or "\x00" in key:
+            if has_nul_escape(value) or "\x00" in key:
                 # Reasons are metric labels: a stray key is reported as "extras".
                 field = key if key in _KNOWN and "\x00" not in key else "extras"
                 break
@@ -433,7 +439,7 @@ def _generic(raw: Raw | Rejected) -> tuple[Event, dict[str, Any]]:
         raise Invalid(raw.reason)
     try:
         obj = _decode_raw_object(raw)
-    except msgspec.ValidationError:
+    except msgspec.DecodeError:  # ValidationError included
         raise Invalid("event must be an object") from None
     fields: dict[str, Any] = {}
     more: dict[str, Any] = {key: value for key, value in obj.items() if key not in _KNOWN}
@@ -444,7 +450,7 @@ def _generic(raw: Raw | Rejected) -> tuple[Event, dict[str, Any]]:
             return None
         try:
             return _decode_any(found)
-        except msgspec.ValidationError:  # a number out of range: of no accepted type
+        except msgspec.DecodeError:  # a number out of range: of no accepted type
             return _OUT_OF_RANGE
 
     name = value("event")
