@@ -113,13 +113,16 @@ async def ingest(request: web.Request) -> web.Response:
     if type(token) is not str:
         return _error(401, "unauthorized", _UNAUTHORIZED_HEADERS)
     try:
-        project_id = await svc.resolver.resolve(token)
+        access = await svc.resolver.resolve(token)
     except Exception as exc:
         log.error("token_lookup_failed", error=str(exc)[:300])
         return _error(500, "internal server error")
-    if project_id is None:
+    if access is None:
         return _error(401, "unauthorized", _UNAUTHORIZED_HEADERS)
+    project_id = access.project_id
     info["project"] = uuid_str(project_id)
+    if access.paused:  # the incident switch for one tenant: its SDKs keep the events
+        return _error(503, "project paused", {"Retry-After": "60"})
 
     received_at = time.time_ns() // 1_000_000
     sent_at = envelope.sent_at
