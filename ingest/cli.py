@@ -205,6 +205,9 @@ def _indent(text: str) -> str:
 async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
     from auth import projects
 
+    if args.action in ("pause", "resume"):
+        return await _with_pool(config, lambda pool: _pause(pool, args))
+
     async def run(pool: Any) -> int:
         if args.action == "create":
             project_id, token = await projects.create_project(pool, args.name)
@@ -219,7 +222,8 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
             if args.json:
                 out_json(rows)
             else:
-                out_table(rows, ["id", "name", "created_at", "deleted_at", "active_tokens"])
+                out_table(rows, ["id", "name", "created_at", "deleted_at", "paused_at",
+                                 "active_tokens"])  # fmt: skip
         else:
             project_id = _uuid(args.id, "project id")
             try:
@@ -233,6 +237,25 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return await _with_pool(config, run)
+
+
+async def _pause(pool: Any, args: argparse.Namespace) -> int:
+    """``projects pause|resume ID``: the incident switch for one tenant."""
+    from auth import projects
+
+    project_id = _uuid(args.id, "project id")
+    paused = args.action == "pause"
+    try:
+        await projects.set_paused(pool, project_id, paused)
+    except projects.NotFound as exc:
+        raise CliError(str(exc)) from None
+    _report(
+        args,
+        {"project_id": str(project_id), "paused": paused},
+        f"project {project_id} {'paused: its ingest answers 503' if paused else 'resumed'} "
+        "(servers notice within INGEST_TOKEN_CACHE_TTL)",
+    )
+    return EXIT_OK
 
 
 async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
@@ -375,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     plist = with_json(projects.add_parser("list", help="list projects"))
     plist.add_argument("--all", action="store_true", help="include deleted projects")
     with_json(projects.add_parser("delete", help="soft-delete a project")).add_argument("id")
+    pause = projects.add_parser("pause", help="answer 503 to a project's ingest (SDKs keep events)")
+    with_json(pause).add_argument("id")
+    with_json(projects.add_parser("resume", help="take a paused project back")).add_argument("id")
 
     tokens = sub.add_parser("tokens", help="manage tokens").add_subparsers(
         dest="action", required=True
