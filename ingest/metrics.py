@@ -38,6 +38,17 @@ class _Gauges(Collector):
             yield family
 
 
+class _Counters(Collector):
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (help_text, value) in self._read().items():
+            family = CounterMetricFamily(name, help_text)
+            family.add_metric([], value)
+            yield family
+
+
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
@@ -66,6 +77,20 @@ class _RequestStats(Collector):
                 buckets.append((floatToGoString(bound), cumulative))
             histogram.add_metric([route], buckets, slots[-1])
         yield histogram
+
+
+class _ProjectCounter(Collector):
+    """One counter labelled by project, read at scrape time from ``{project: value}``
+    (the projects are resolved ones only, so the label set stays bounded)."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], dict[str, float]]) -> None:
+        self._name, self._help, self._read = name, help_text, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._help, labels=["project"])
+        for project, value in self._read().items():
+            family.add_metric([project], value)
+        yield family
 
 
 class Metrics:
@@ -115,5 +140,16 @@ class Metrics:
         """Register a callback that returns ``{name: (help, value)}`` at scrape time."""
         self.registry.register(_Gauges(read))
 
+    def add_counters(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Register a callback returning ``{name: (help, value)}`` of counters kept
+        elsewhere (exposed as ``name_total``)."""
+        self.registry.register(_Counters(read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def add_project_counter(
+        self, name: str, help_text: str, read: Callable[[], dict[str, float]]
+    ) -> None:
+        """Register a per-project counter read at scrape time (``name_total{project}``)."""
+        self.registry.register(_ProjectCounter(name, help_text, read))
