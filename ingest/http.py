@@ -32,6 +32,7 @@ that gets there leaves as a text page.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,6 +74,10 @@ REQUEST_LOG: web.AppKey[Any] = web.AppKey("request_log", object)
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 LOG_EVERY = 10.0  # seconds between two log lines about the same repeating condition
+# After refusing a body it did not read whole (408, 413, undecodable), aiohttp discards
+# what still arrives for this long before closing (its default is 10 s: a slow client
+# would hold the connection that long after its 408).
+LINGER_SECONDS = 1.0
 PAUSED_RETRY_AFTER = "60"  # a paused project: SDKs keep their events and come back
 
 
@@ -154,6 +159,31 @@ async def _authorize(request: web.Request, token: Any) -> Access | web.Response:
     return access
 
 
+def _closing(response: web.Response) -> web.Response:
+    """``response``, with the connection closed after it: the rest of the body is not
+    read (aiohttp discards what still arrives for :data:`LINGER_SECONDS`, so that the
+    client sees the answer rather than a reset, then closes)."""
+    response.force_close()
+    return response
+
+
+class _AiohttpLog(logging.Filter):
+    """What aiohttp's server logs on its own (a request that is not HTTP, a body that
+    failed to decode read again after our answer) is the client's doing: plain-text
+    tracebacks an attacker could produce at will. The decode error already had its 400
+    and is dropped; anything else passes at most once per :data:`LOG_EVERY` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._every = Every()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError):
+            return False
+        return bool(self._every.due())
+
+
 async def _read_body(request: web.Request, edge: Edge) -> bytes | web.Response:
     """The body, or the response refusing it (408, 413, 400, 503)."""
     try:
@@ -176,23 +206,19 @@ async def _read_body(request: web.Request, edge: Edge) -> bytes | web.Response:
             if not in_slot:  # others' bodies held every slot: not this client's fault
                 return _error(503, "too many request bodies being read", {"Retry-After": "1"})
             edge.read_timeouts += 1
-            response = _error(
-                408, f"request body not received within {edge.read_timeout:g} s",
-                {"Connection": "close"},
-            )  # fmt: skip
-            response.force_close()
-            request.protocol.force_close()  # no lingering read of the rest of the body
-            return response
-    except HTTPRequestEntityTooLarge:
-        return _error(413, "request body too large")
+            message = f"request body not received within {edge.read_timeout:g} s"
+            return _closing(_error(408, message, {"Connection": "close"}))
+    except HTTPRequestEntityTooLarge:  # the rest (a gzip bomb's) is not worth reading
+        return _closing(_error(413, "request body too large"))
     except RequestPayloadError as exc:  # bad gzip, a broken chunked encoding, ...
         cause = exc.args[0] if exc.args else exc
         detail = " ".join(str(getattr(cause, "message", None) or cause).split())
         if ", message: " in detail[:20]:  # aiohttp's "400, message: ..." form
             detail = detail.split(", message: ", 1)[1]
-        return _error(400, f"could not decode the request body: {detail[:200]}")
+        message = f"could not decode the request body: {detail[:200]}"
+        return _closing(_error(400, message))
     except ConnectionError:  # the client went away mid-body: nobody reads this answer
-        return _error(400, "connection lost while reading the request body")
+        return _closing(_error(400, "connection lost while reading the request body"))
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -447,7 +473,14 @@ def build_edge(service: Any) -> Edge:
 
 
 def build_app(service: Any) -> web.Application:
-    app = web.Application(middlewares=[edge], client_max_size=service.config.max_body_bytes)
+    aiohttp_log = logging.getLogger("sluice.aiohttp")
+    if not any(isinstance(f, _AiohttpLog) for f in aiohttp_log.filters):
+        aiohttp_log.addFilter(_AiohttpLog())
+    app = web.Application(
+        middlewares=[edge],
+        client_max_size=service.config.max_body_bytes,
+        handler_args={"lingering_time": LINGER_SECONDS, "logger": aiohttp_log},
+    )
     app[SERVICE] = service
     app[EDGE] = build_edge(service)
     app[REQUEST_LOG] = log.bind()
