@@ -261,6 +261,8 @@ def decode_request(body: bytes) -> Envelope:
             envelope = _decode_envelope(marked)
         except BadRequest:
             raise BadRequest("body is not valid JSON") from None
+        except RecursionError:
+            raise BadRequest("body is not valid JSON: nested too deeply") from None
         body = marked
     except RecursionError:
         raise BadRequest("body is not valid JSON: nested too deeply") from None

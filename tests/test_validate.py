@@ -279,6 +279,8 @@ def test_a_body_takes_the_narrowest_typed_shape_that_fits() -> None:
         (b'{"events": [{"event": "a\x00b"}]}', "body is not valid JSON"),
         (b'{"events": [{"event": "\\q"}]}', "body is not valid JSON"),
         (b'{"events": [{"p": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", "nested too deeply"),
+        (b'{"events": [{"a": "\\ud800", "p": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+         "nested too deeply"),  # a lone surrogate first, then too deep: both paths
         (b'{"events": [], ' + b", ".join(b'"k%d": 1' % i for i in range(100)) + b"}",
          "unknown envelope key(s): k0, k1, k10, k11, k12, …;"),
     ],
