@@ -1,6 +1,7 @@
 """Projects and their tokens in Postgres (tables from ``migrations/postgres``).
 
 Enters: an asyncpg pool and plain values. Leaves: dataclasses / dicts.
+A paused project (``paused_at``, migration 0002) still resolves, flagged ``paused``.
 On failure: asyncpg/OS errors propagate unchanged. :func:`lookup` returns ``None`` only
 when the token is definitely not usable; an infrastructure failure raises, so callers
 can answer 5xx instead of a misleading 401.
@@ -24,10 +25,12 @@ class NotFound(LookupError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """What a usable token resolves to."""
+    """What a usable token resolves to. A paused project's tokens still resolve: the
+    caller answers 503 (come back later), not 401 (this token is no good)."""
 
     project_id: uuid.UUID
     token_id: uuid.UUID
+    paused: bool = False
 
 
 async def create_project(pool: asyncpg.Pool, name: str) -> tuple[uuid.UUID, str]:
@@ -46,6 +49,9 @@ async def list_projects(pool: asyncpg.Pool, *, include_deleted: bool = False) ->
     rows = await pool.fetch(
         """
         SELECT p.id, p.name, p.created_at, p.deleted_at,
+               -- read through to_jsonb: a read-only listing also works on a database
+               -- that migration 0002 (paused_at) has not reached yet
+               (to_jsonb(p) ->> 'paused_at')::timestamptz AS paused_at,
                count(t.id) FILTER (WHERE t.revoked_at IS NULL) AS active_tokens
         FROM projects p LEFT JOIN api_tokens t ON t.project_id = p.id
         WHERE $1 OR p.deleted_at IS NULL
@@ -60,6 +66,19 @@ async def delete_project(pool: asyncpg.Pool, project_id: uuid.UUID) -> None:
     """Soft-delete: the row stays (events reference it); its tokens stop resolving."""
     result = await pool.execute(
         "UPDATE projects SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL", project_id
+    )
+    if result.endswith(" 0"):
+        raise NotFound(f"no live project {project_id}")
+
+
+async def set_paused(pool: asyncpg.Pool, project_id: uuid.UUID, paused: bool) -> None:
+    """Pause a live project's ingest (its requests answer 503 until resumed), or resume
+    it. Idempotent: pausing a paused project keeps the first ``paused_at``."""
+    result = await pool.execute(
+        "UPDATE projects SET paused_at = CASE WHEN $2 THEN coalesce(paused_at, now()) END "
+        "WHERE id = $1 AND deleted_at IS NULL",
+        project_id,
+        paused,
     )
     if result.endswith(" 0"):
         raise NotFound(f"no live project {project_id}")
@@ -131,11 +150,12 @@ async def lookup(pool: asyncpg.Pool, token: str) -> Resolved | None:
     if not tokens.looks_valid(token):
         return None
     row = await pool.fetchrow(
-        """SELECT t.id, t.project_id FROM api_tokens t JOIN projects p ON p.id = t.project_id
+        """SELECT t.id, t.project_id, p.paused_at IS NOT NULL AS paused
+           FROM api_tokens t JOIN projects p ON p.id = t.project_id
            WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND p.deleted_at IS NULL""",
         tokens.hash_token(token),
     )
-    return Resolved(row["project_id"], row["id"]) if row else None
+    return Resolved(row["project_id"], row["id"], row["paused"]) if row else None
 
 
 async def touch_last_used(pool: asyncpg.Pool, token_id: uuid.UUID, at: datetime) -> None:

@@ -14,7 +14,8 @@ import secrets
 
 PREFIX = "sluice_pub_"
 _RANDOM_BYTES = 24  # 192 bits; the brief asks for at least 128
-_SHAPE = re.compile(r"^sluice_pub_[A-Za-z0-9_-]{32}$")
+# Matched whole (fullmatch): with re.match and "$", a trailing newline would pass.
+_SHAPE = re.compile(r"sluice_pub_[A-Za-z0-9_-]{32}")
 HINT_CHARS = 4
 
 
@@ -25,7 +26,7 @@ def generate() -> str:
 
 def looks_valid(token: str) -> bool:
     """True when ``token`` has the publishable-token shape (cheap, no I/O)."""
-    return bool(_SHAPE.match(token))
+    return _SHAPE.fullmatch(token) is not None
 
 
 def hash_token(token: str) -> bytes:

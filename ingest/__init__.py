@@ -3,10 +3,16 @@
 ::
 
     POST /api/v1/ingest/events                                     ingest/http.py
-        │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
+        │  Origin (403) · header token before the body · body ≤ INGEST_MAX_BODY_BYTES
+        │  (after gzip), read within INGEST_READ_TIMEOUT (408) · envelope · token
+        │  (auth/resolver.py: cached; paused project → 503)
+        ▼
+    rate limit  token bucket per project, on events sent (429)     ingest/ratelimit.py
+        │
         ▼
     validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
-        │       index, with a reason; object values kept as sent
+        │       index, with a reason; object values kept as sent;
+        │       not JSON at all (not UTF-8, NaN, too deep) → 400
         │  row lines (ingest/rows.py: the row contract), received_at stamped once
         ▼
     buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py

@@ -246,6 +246,7 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
         lambda token: projects.lookup(pool, token),
         lambda resolved: projects.touch_last_used(pool, resolved.token_id, utcnow()),
         ttl=config.token_cache_ttl,
+        stale_max=config.token_stale_max,
     )
     drain = Drain(
         pool,

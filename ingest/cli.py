@@ -283,6 +283,9 @@ def _indent(text: str) -> str:
 async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
     from auth import projects
 
+    if args.action in ("pause", "resume"):
+        return await _with_pool(config, lambda pool: _pause(pool, args))
+
     async def run(pool: Any) -> int:
         if args.action == "create":
             project_id, token = await projects.create_project(pool, args.name)
@@ -297,7 +300,8 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
             if args.json:
                 out_json(rows)
             else:
-                out_table(rows, ["id", "name", "created_at", "deleted_at", "active_tokens"])
+                out_table(rows, ["id", "name", "created_at", "deleted_at", "paused_at",
+                                 "active_tokens"])  # fmt: skip
         else:
             project_id = _uuid(args.id, "project id")
             try:
@@ -311,6 +315,25 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return await _with_pool(config, run, access="read" if args.action == "list" else "write")
+
+
+async def _pause(pool: Any, args: argparse.Namespace) -> int:
+    """``projects pause|resume ID``: the incident switch for one tenant."""
+    from auth import projects
+
+    project_id = _uuid(args.id, "project id")
+    paused = args.action == "pause"
+    try:
+        await projects.set_paused(pool, project_id, paused)
+    except projects.NotFound as exc:
+        raise CliError(str(exc)) from None
+    _report(
+        args,
+        {"project_id": str(project_id), "paused": paused},
+        f"project {project_id} {'paused: its ingest answers 503' if paused else 'resumed'} "
+        "(servers notice within INGEST_TOKEN_CACHE_TTL)",
+    )
+    return EXIT_OK
 
 
 async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
@@ -524,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--all", action="store_true", help="include deleted projects")
     delete = with_json(projects.add_parser("delete", help="soft-delete a project and its tokens"))
     delete.add_argument("id", help="project id")
+    pause = projects.add_parser("pause", help="answer 503 to a project's ingest (SDKs keep events)")
+    with_json(pause).add_argument("id", help="project id")
+    resume = projects.add_parser("resume", help="take a paused project back")
+    with_json(resume).add_argument("id", help="project id")
 
     tokens = sub.add_parser("tokens", help="manage tokens").add_subparsers(
         dest="action", required=True

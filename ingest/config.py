@@ -72,6 +72,12 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "INGEST_TOKEN_CACHE_TTL": ("token_cache_ttl", "60s"),
     "DLQ_DEPTH_503_THRESHOLD": ("dlq_depth_503_threshold", "100000"),
     "ALLOWED_ORIGINS": ("allowed_origins", ""),
+    # Noisy and malicious tenants, slow clients (issue 11).
+    "INGEST_PROJECT_EVENTS_PER_S": ("project_events_per_s", "0"),
+    "INGEST_PROJECT_BURST": ("project_burst", "0"),
+    "INGEST_TOKEN_STALE_MAX": ("token_stale_max", "1h"),
+    "INGEST_READ_TIMEOUT": ("read_timeout", "30s"),
+    "INGEST_READ_CONCURRENCY": ("read_concurrency", "32"),
     "LOG_LEVEL": ("log_level", "info"),
     "LOG_FORMAT": ("log_format", "json"),
 }
@@ -85,6 +91,9 @@ _EXPECTED = {
     "wal_max_bytes": "a positive integer (bytes)",
     "dlq_drain_batch_limit": "a positive integer",
     "dlq_depth_503_threshold": "a non-negative integer",
+    "project_events_per_s": "a non-negative number of events per second (0 = no limit)",
+    "project_burst": "a non-negative integer (0 = one second's worth)",
+    "read_concurrency": "a positive integer",
 }
 
 
@@ -113,6 +122,11 @@ class Config(BaseModel):
     allowed_origins: tuple[str, ...]
     log_level: str
     log_format: str
+    project_events_per_s: float
+    project_burst: int
+    token_stale_max: float
+    read_timeout: float
+    read_concurrency: int
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -196,6 +210,25 @@ class Config(BaseModel):
         value = value.lower()
         if value not in ("json", "console"):
             raise ValueError("expected json or console")
+        return value
+
+    @field_validator("token_stale_max", "read_timeout", mode="before")
+    @classmethod
+    def _edge_duration(cls, value: Any) -> float:
+        return cls._duration(value)
+
+    @field_validator("project_events_per_s", "project_burst")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("read_concurrency")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
         return value
 
     @property

@@ -79,6 +79,20 @@ class _RequestStats(Collector):
         yield histogram
 
 
+class _ProjectCounter(Collector):
+    """One counter labelled by project, read at scrape time from ``{project: value}``
+    (the projects are resolved ones only, so the label set stays bounded)."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], dict[str, float]]) -> None:
+        self._name, self._help, self._read = name, help_text, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._help, labels=["project"])
+        for project, value in self._read().items():
+            family.add_metric([project], value)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -133,3 +147,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def add_project_counter(
+        self, name: str, help_text: str, read: Callable[[], dict[str, float]]
+    ) -> None:
+        """Register a per-project counter read at scrape time (``name_total{project}``)."""
+        self.registry.register(_ProjectCounter(name, help_text, read))

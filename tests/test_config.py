@@ -119,3 +119,21 @@ def test_bad_config_stops_serve_with_exit_2_and_one_line(tmp_path) -> None:
     assert len(lines) == 1, proc.stderr
     assert "INGEST_FLUSH_INTERVAL" in lines[0] and "'fast'" in lines[0]
     assert not (tmp_path / "postgres").exists()  # nothing started
+
+
+def test_tenant_and_slow_client_settings_default_and_refuse_bad_values() -> None:
+    config = load_config({})
+    assert (config.project_events_per_s, config.project_burst) == (0.0, 0)  # off
+    assert (config.token_stale_max, config.read_timeout) == (3600.0, 30.0)
+    assert config.read_concurrency == 32
+    for var, value, expected in [
+        ("INGEST_PROJECT_EVENTS_PER_S", "-1", "must not be negative"),
+        ("INGEST_PROJECT_BURST", "lots", "a non-negative integer"),
+        ("INGEST_TOKEN_STALE_MAX", "0s", "greater than zero"),
+        ("INGEST_READ_TIMEOUT", "soon", "expected a duration"),
+        ("INGEST_READ_CONCURRENCY", "0", "must be positive"),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            load_config({var: value})
+        line = str(exc.value)
+        assert line.startswith(f"invalid {var}={value!r}: ") and expected in line

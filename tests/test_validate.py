@@ -12,6 +12,7 @@ from ingest.rows import COLUMNS, lines_to_rows
 from ingest.validate import (
     MAX_EVENT_BYTES,
     MAX_NAME_CHARS,
+    MIN_TIMESTAMP_MS,
     BadRequest,
     Event,
     SdkEvent,
@@ -263,3 +264,142 @@ def test_a_body_takes_the_narrowest_typed_shape_that_fits() -> None:
     assert errors == []
     assert json.loads(rows[0][9]) == {"context": {"ip": "x"}, "type": "track", "integrations": {}}
     assert json.loads(rows[1][9]) == {"context": {"ip": "x"}, "shoe_size": 44}
+
+
+# --- hostile input (issue 11): no exception, request-level 400 or per-event reason ----
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"events": [{"event": "e", "timestamp": 1, "p": "\xff"}]}', "body is not valid UTF-8"),
+        ('{"events": []}'.encode("utf-16"), "body is not valid UTF-8"),
+        (b'{"events": [{"event": "e", "timestamp": NaN}]}', "body is not valid JSON"),
+        (b'{"events": [{"event": "e", "properties": {"x": Infinity}}]}', "body is not valid JSON"),
+        (b'{"events": [{"event": "a\x00b"}]}', "body is not valid JSON"),
+        (b'{"events": [{"event": "\\q"}]}', "body is not valid JSON"),
+        (b'{"events": [{"p": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", "nested too deeply"),
+        (b'{"events": [{"a": "\\ud800", "p": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+         "nested too deeply"),  # a lone surrogate first, then too deep: both paths
+        (b'{"events": [], ' + b", ".join(b'"k%d": 1' % i for i in range(100)) + b"}",
+         "unknown envelope key(s): k0, k1, k10, k11, k12, …;"),
+    ],
+)  # fmt: skip
+def test_bytes_that_are_not_json_are_a_bad_request_for_the_whole_body(
+    body: bytes, message: str
+) -> None:
+    with pytest.raises(BadRequest) as exc:
+        decode_request(body)
+    assert message in str(exc.value)
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    body = b'\xef\xbb\xbf{"events": [{"event": "e", "timestamp": 1795000000000}]}'
+    assert validate(decode_request(body).events, PROJECT, NOW).count == 1
+
+
+def test_numbers_out_of_range_reject_their_event_only() -> None:
+    body = (
+        b'{"events": [{"event": 1e400, "timestamp": 1}, {"event": "e", "timestamp": 1e400},'
+        b'{"event": "e", "timestamp": -1e400}, {"event": "e", "timestamp": 1, "userId": 1e400},'
+        b'{"event": "e", "timestamp": 1, "uuid": 1e400},'
+        b'{"event": "e", "timestamp": 1, "user_id": ' + b"9" * 201 + b"},"
+        b'{"event": "e", "timestamp": 1, "user_id": ' + b"9" * 5000 + b"},"
+        b'{"event": "ok", "timestamp": "0001-01-01T00:00:00+01:00"},'
+        b'{"event": "ok", "timestamp": 1795000000000, "properties": {"big": 1e400}}]}'
+    )
+    result = validate(decode_request(body).events, PROJECT, NOW)
+    assert result.errors == [
+        {"index": 0, "reason": "event must be a string"},
+        {"index": 1, "reason": "timestamp out of range"},
+        {"index": 2, "reason": "timestamp out of range"},
+        {"index": 3, "reason": "user_id must be a string"},
+        {"index": 4, "reason": "uuid must be a UUID string"},
+        {"index": 5, "reason": "user_id too long"},
+        {"index": 6, "reason": "user_id must be a string"},
+        {"index": 7, "reason": "timestamp out of range"},
+    ]
+    assert lines_to_rows(result.data)[0][8] == '{"big": 1e400}'  # object text: as sent
+
+
+def test_token_and_sent_at_out_of_range_are_values_of_no_accepted_type() -> None:
+    env = decode_request(b'{"token": 1e400, "sent_at": 1e400, "events": []}')
+    assert type(env.token) is not str
+    with pytest.raises(ValueError, match="timestamp out of range"):
+        parse_timestamp(env.sent_at)
+
+
+def test_nul_characters_and_unpaired_surrogates_reject_their_event_naming_the_field() -> None:
+    """Postgres refuses both in jsonb and text; an event holding one could be neither
+    parked nor replayed. Escaped backslashes and real surrogate pairs are fine."""
+    body = (
+        b'{"events": ['
+        b'{"event": "a\\u0000", "timestamp": 1795000000000},'
+        b'{"event": "e", "timestamp": 1795000000000, "properties": {"x": "\\u0000"}},'
+        b'{"event": "e", "timestamp": 1795000000000, "properties": {"x": "\\ud83d"}},'
+        b'{"event": "e", "timestamp": 1795000000000, "properties": {"x": "\\ude00\\ud83d\\ude00"}},'
+        b'{"event": "e", "timestamp": 1795000000000, "context": {"\\u0000": 1}},'
+        b'{"event": "e", "timestamp": 1795000000000, "k\\udbff": 1},'
+        b'{"event": "e", "timestamp": "2026-11-01T00:00:00\\u0000"},'
+        b'{"event": "e", "timestamp": 1795000000000, "userId": "\\ud800\\ud800"},'
+        b'{"event": "ok", "timestamp": 1795000000000, "properties": {"x": "\\\\u0000 \\\\ud800"}},'
+        b'{"event": "ok \\ud83d\\ude00", "timestamp": 1795000000000, "userId": "\\u00e9\\n"}'
+        b"]}"
+    )  # fmt: skip
+    result = validate(decode_request(body).events, PROJECT, NOW)
+    reason = "{} contains a NUL character or invalid Unicode".format
+    assert result.errors == [
+        {"index": 0, "reason": reason("event")},
+        {"index": 1, "reason": reason("properties")},
+        {"index": 2, "reason": reason("properties")},
+        {"index": 3, "reason": reason("properties")},
+        {"index": 4, "reason": reason("extras")},  # a stray key is reported as extras
+        {"index": 5, "reason": reason("extras")},
+        {"index": 6, "reason": reason("timestamp")},
+        {"index": 7, "reason": reason("userId")},
+    ]
+    rows = lines_to_rows(result.data)
+    assert rows[0][8] == '{"x": "\\\\u0000 \\\\ud800"}'  # as sent: backslash, then "u0000"
+    assert (rows[1][2], rows[1][4]) == ("ok \U0001f600", "é\n")
+
+
+def test_numeric_timestamps_below_1e11_are_epoch_seconds() -> None:
+    """Epoch seconds never land in January 1970: 1e11 ms is 1973-03-03, and every time
+    from 1900 to 2300 in seconds is below 1e11."""
+    assert parse_timestamp(1_732_270_000) == 1_732_270_000_000
+    assert parse_timestamp(1_732_270_000.123) == 1_732_270_000_123
+    assert parse_timestamp(-2_208_988_800) == MIN_TIMESTAMP_MS  # 1900-01-01 in seconds
+    with pytest.raises(ValueError, match="out of range"):
+        parse_timestamp(99_999_999_999)  # seconds: year 5138
+    assert parse_timestamp(100_000_000_000) == 100_000_000_000  # milliseconds from here
+    assert one({"event": "e", "timestamp": 1_794_999_000})["timestamp"] == NOW - 1_000_000
+    assert one({"event": "e", "timestamp": NOW - 5})["timestamp"] == NOW - 5
+    _, errors = validate_rows([{"event": "e", "timestamp": 99_999_999_999}], PROJECT, NOW)
+    assert errors == [{"index": 0, "reason": "timestamp out of range"}]
+    skewed = one({"event": "e", "timestamp": 1_794_999_000}, sent_at=parse_timestamp(1_794_999_990))
+    assert skewed["timestamp"] == NOW - 990_000  # sent 990 s after it happened
+
+
+def test_a_repeated_client_id_in_one_request_is_rejected_not_dropped() -> None:
+    """What the response counts as accepted is what is stored: the second event with an
+    id (under any of its three names, any spelling of the UUID) is rejected."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [
+        {"event": "first", "timestamp": NOW, "uuid": a},
+        {"event": "again", "timestamp": NOW, "event_id": a.upper()},
+        {"event": "bad", "timestamp": "nope", "messageId": b},  # rejected: does not count
+        {"event": "b", "timestamp": NOW, "messageId": "{" + b + "}"},
+        {"event": "again", "timestamp": NOW, "uuid": b, "event_id": a},
+        {"event": "minted", "timestamp": NOW},
+        {"event": "minted", "timestamp": NOW},
+    ]
+    lines, errors, client_ids = validate_batch(events, PROJECT, NOW)
+    assert errors == [
+        {"index": 1, "reason": "duplicate id in batch"},
+        {"index": 2, "reason": "timestamp invalid"},
+        {"index": 4, "reason": "duplicate id in batch"},
+    ]
+    rows = lines_to_rows(b"".join(lines))
+    assert [r[2] for r in rows] == ["first", "b", "minted", "minted"]
+    assert client_ids == [(0, uuid.UUID(a).int), (1, uuid.UUID(b).int)]
+    assert len({r[0] for r in rows}) == 4
