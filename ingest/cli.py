@@ -284,7 +284,7 @@ async def cmd_projects(config: Config, args: argparse.Namespace) -> int:
     from auth import projects
 
     if args.action in ("pause", "resume"):
-        return await _with_pool(config, lambda pool: _pause(pool, args))
+        return await _with_pool(config, lambda pool: _pause(pool, args), access="write")
 
     async def run(pool: Any) -> int:
         if args.action == "create":
