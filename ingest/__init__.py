@@ -4,6 +4,8 @@
 
     POST /api/v1/ingest/events                                     ingest/http.py
         │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
+        │    ▲ SDK paths (/v1/batch, /e/, ...): Segment's, RudderStack's   ingest/sdk.py
+        │    │ and PostHog's wire formats → token + the native body; pure
         ▼
     validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
         │       index, with a reason; object values kept as sent
