@@ -658,6 +658,26 @@ CONFIG_RESPONSES: dict[str, dict[str, Any]] = {
     "/decide/": POSTHOG_DECIDE,
 }
 """GET (and POST: posthog-js posts to /flags/) config paths → their fixed JSON. Also
+``/sourceConfig/`` → :func:`rudderstack_source_config`,
 ``/array/<token>/config`` → :data:`POSTHOG_REMOTE_CONFIG` and
 ``/v1/projects/<writeKey>/settings`` → :func:`segment_settings` (they carry the key)."""
 POSTHOG_REMOTE_CONFIG: dict[str, Any] = dict(_POSTHOG_CONFIG)
+
+
+def rudderstack_source_config(write_key: str) -> dict[str, Any]:
+    """``GET /sourceConfig/?writeKey=…`` for rudder-sdk-js (v3), when its ``configUrl``
+    points at Sluice: the smallest document its ``isValidSourceConfig`` accepts (a
+    ``source`` with an ``id``, a ``config`` object and a ``destinations`` list), enabled,
+    with no device-mode destinations to load."""
+    return {
+        "isHosted": False,
+        "source": {
+            "id": "sluice",
+            "name": "sluice",
+            "writeKey": write_key,
+            "enabled": True,
+            "workspaceId": "sluice",
+            "config": {},
+            "destinations": [],
+        },
+    }
