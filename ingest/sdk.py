@@ -570,15 +570,21 @@ def respond(family: str, status: int, body: Mapping[str, Any]) -> tuple[int, dic
     Success is exactly 200 for both: posthog-js retries any status that is not 200 and
     below 400 (a 202 would be sent again and again), analytics-python before 2.4 took
     only 200 as success. The body keeps the native counts for whoever debugs.
-    Errors keep their status (SDKs retry 5xx and 429, drop other 4xx — the native
-    table's meaning) with the field each SDK logs: Segment's ``message``, PostHog's
-    ``detail``."""
+
+    Errors keep their status (the SDKs retry a 5xx, drop a 400/401/413: the native
+    table's meaning) with the field each SDK logs — Segment's ``message``, PostHog's
+    ``detail`` — except where an SDK would drop what should be retried: a 408 (the body
+    was too slow; analytics-python and posthog-js drop every 4xx but 429 or any) and, for
+    PostHog, a 429 (posthog-js drops it) become a 503, which every SDK retries. The HTTP
+    layer keeps the ``Retry-After`` header."""
     if status < 300:
         extra = {k: body[k] for k in ("accepted", "rejected", "errors") if k in body}
         if family == SEGMENT:
             return 200, {"success": True, **extra}
         return 200, {"status": 1, **extra}
     message = str(body.get("error", "error"))
+    if status == 408 or (status == 429 and family == POSTHOG):
+        status = 503
     if family == SEGMENT:
         return status, {"success": False, "code": _error_code(status), "message": message}
     return status, {"type": "validation_error" if status < 500 else "server_error",

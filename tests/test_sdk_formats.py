@@ -515,6 +515,13 @@ def test_answers_are_200_with_each_familys_body() -> None:
     assert status == 503 and body["message"] == "ingest buffer full"
 
 
+def test_statuses_an_sdk_would_drop_but_should_retry_become_503() -> None:
+    assert sdk.respond(sdk.SEGMENT, 408, {"error": "timeout"})[0] == 503
+    assert sdk.respond(sdk.POSTHOG, 408, {"error": "timeout"})[0] == 503
+    assert sdk.respond(sdk.POSTHOG, 429, {"error": "slow down"})[0] == 503  # posthog-js drops 429
+    assert sdk.respond(sdk.SEGMENT, 429, {"error": "slow down"})[0] == 429  # Segment's retry it
+
+
 def test_segment_settings_point_analytics_next_at_this_host() -> None:
     settings = sdk.segment_settings(KEY, "events.example.com:8080", "http")
     segmentio = settings["integrations"]["Segment.io"]
