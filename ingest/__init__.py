@@ -6,6 +6,7 @@
         │  body ≤ INGEST_MAX_BODY_BYTES (after gzip) · envelope · token (auth/resolver.py)
         │    ▲ SDK paths (/v1/batch, /e/, ...): Segment's, RudderStack's   ingest/sdk.py
         │    │ and PostHog's wire formats → token + the native body; pure
+        │    │ (their aiohttp handlers: ingest/sdk_routes.py, not yet mounted)
         ▼
     validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
         │       index, with a reason; object values kept as sent

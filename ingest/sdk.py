@@ -250,7 +250,7 @@ def _unwrap(body: bytes, query: Mapping[str, str], max_bytes: int) -> Any:
     return _json(body)
 
 
-def _basic_user(authorization: str | None) -> str | None:
+def authorization_key(authorization: str | None) -> str | None:
     """The user of HTTP Basic auth (Segment's write key, empty password), or a bearer
     token (Sluice's own clients, RudderStack with a proxy in front)."""
     if not authorization:
@@ -328,7 +328,7 @@ def _segment(
     if type(shared_integrations) is not dict:
         shared_integrations = None
     token = (
-        _basic_user(authorization)
+        authorization_key(authorization)
         or _str_or_none(payload.get("writeKey"))
         or _str_or_none(query.get("writeKey"))
         or next(
@@ -435,7 +435,7 @@ def _posthog(
         token
         or _str_or_none(query.get("token"))
         or _str_or_none(query.get("api_key"))
-        or _basic_user(authorization)
+        or authorization_key(authorization)
         or _first_event_token(messages)
     )
     if sent_at is None:
