@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import msgspec
-import orjson
+from msgspec import Raw
 
 from ingest.validate import BadRequest, Invalid, parse_timestamp
 
@@ -216,11 +216,50 @@ def _b64decode(text: str) -> bytes:
         raise BadRequest("body's data= field is not valid base64") from None
 
 
-def _json(data: bytes | str) -> Any:
+# JSON is decoded one level at a time, values kept as their text (msgspec.Raw): what the
+# client sent is stored byte for byte, as on the native path (an integer of any size, a
+# number's spelling), and nothing is parsed that the mapping does not read.
+_object = msgspec.json.Decoder(dict[str, Raw]).decode
+_array = msgspec.json.Decoder(list[Raw]).decode
+_value = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+Obj = dict[str, Raw]
+
+
+def _json(data: bytes | str) -> Obj | list[Raw] | Any:
+    """The body's JSON: an object or an array with their values as text, or a scalar
+    (which the family's decoder refuses with its own message)."""
+    text = data.lstrip()
+    first = text[:1]
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        if first in (b"{", "{"):
+            return _object(text)
+        if first in (b"[", "["):
+            return _array(text)
+        return _value(text)
+    except msgspec.DecodeError as exc:  # ValidationError included: a number out of range
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _val(obj: Obj, key: str) -> Any:
+    """One value of a one-level-decoded object, as Python (absent or null: ``None``)."""
+    raw = obj.get(key)
+    if raw is None:
+        return None
+    try:
+        return _value(raw)
+    except msgspec.DecodeError:  # a number past float range: only the text can hold it
+        return raw
+
+
+def _as_object(raw: Raw | Obj | None) -> Obj | None:
+    """An object value, one level decoded; ``None`` when it is not an object."""
+    if raw is None or type(raw) is dict:
+        return raw  # type: ignore[return-value]
+    if bytes(memoryview(raw)[:1]) != b"{":
+        return None
+    return _object(raw)
 
 
 def _unwrap(body: bytes, query: Mapping[str, str], max_bytes: int) -> Any:
@@ -232,7 +271,7 @@ def _unwrap(body: bytes, query: Mapping[str, str], max_bytes: int) -> Any:
     if body[:2] == _GZIP_MAGIC:
         body = _gunzip(body, max_bytes)
     stripped = body.lstrip()
-    if stripped[:5] == b"data=":
+    if stripped[:1] not in (b"{", b"[") and b"data=" in stripped[:4096]:
         try:
             form = dict(parse_qsl(stripped.decode(), keep_blank_values=True))
         except UnicodeDecodeError:
@@ -241,7 +280,7 @@ def _unwrap(body: bytes, query: Mapping[str, str], max_bytes: int) -> Any:
         compression = (form.get("compression") or query.get("compression") or "").lower()
         if compression == "lz64":
             return _json(lz_decompress_from_base64(data, max_bytes))
-        if data[:1] in ("{", "["):  # some senders put the JSON itself in data=
+        if data.lstrip()[:1] in ("{", "["):  # some senders put the JSON itself in data=
             return _json(data)
         raw = _b64decode(data)
         if raw[:2] == _GZIP_MAGIC:
@@ -289,6 +328,13 @@ def _str_or_none(value: Any) -> str | None:
     return value if type(value) is str and value else None
 
 
+def _batch(payload: Obj) -> list[Raw]:
+    try:
+        return _array(payload["batch"])
+    except msgspec.ValidationError:
+        raise BadRequest("batch must be a list") from None
+
+
 # ----------------------------------------------------------------------------- Segment
 
 # Segment's message types → Sluice's event names: one vocabulary with PostHog's, so a
@@ -312,97 +358,94 @@ def _segment(
 ) -> SdkRequest:
     if type(payload) is not dict:
         raise BadRequest('body must be a JSON object (a Segment message or {"batch": [...]})')
+    shared_context = shared_integrations = None
+    messages: list[Raw | Obj]
     if route.kind is None and "batch" in payload:
-        messages = payload["batch"]
-        if type(messages) is not list:
-            raise BadRequest("batch must be a list")
-        shared_context = payload.get("context")
-        shared_integrations = payload.get("integrations")
-        sent_at = payload.get("sentAt")
+        messages = list(_batch(payload))
+        shared_context = _as_object(payload.get("context"))
+        shared_integrations = _as_object(payload.get("integrations"))
     else:  # one message: analytics.js's /v1/t, /v1/i, ... (a batch path with one too)
         messages = [payload]
-        shared_context = shared_integrations = None
-        sent_at = payload.get("sentAt")
-    if type(shared_context) is not dict:
-        shared_context = None
-    if type(shared_integrations) is not dict:
-        shared_integrations = None
+    sent_at = _val(payload, "sentAt")
     token = (
         authorization_key(authorization)
-        or _str_or_none(payload.get("writeKey"))
+        or _str_or_none(_val(payload, "writeKey"))
         or _str_or_none(query.get("writeKey"))
-        or next(
-            (
-                m["writeKey"]
-                for m in messages
-                if type(m) is dict and _str_or_none(m.get("writeKey"))
-            ),
-            None,
-        )
     )
     fallback = sent_at if sent_at is not None else now_ms
-    events = [
-        _segment_event(m, route.kind, shared_context, shared_integrations, fallback)
-        for m in messages
-    ]
+    events = []
+    for raw in messages:
+        event, key = _segment_event(raw, route.kind, shared_context, shared_integrations, fallback)
+        token = token or key
+        events.append(event)
     return SdkRequest(SEGMENT, token, sent_at, events)
 
 
-def _merged(shared: dict | None, own: Any) -> Any:
+def _merged(shared: Obj | None, own: Raw | None) -> Any:
     """A batch-level ``context``/``integrations`` applied to one message: the message's
     own keys win (Segment's rule)."""
     if shared is None:
         return own
-    if type(own) is dict:
-        return {**shared, **own}
-    return shared if own is None else own
+    mine = _as_object(own)
+    if mine is not None:
+        return {**shared, **mine}
+    return shared if own is None or bytes(own) == b"null" else own
 
 
 def _segment_event(
-    msg: Any, kind: str | None, context: dict | None, integrations: dict | None, fallback: Any
-) -> Any:
-    if type(msg) is not dict:
-        return msg  # rejected by index ("event must be an object")
-    mtype = msg.get("type")
+    raw: Raw | Obj, kind: str | None, context: Obj | None, integrations: Obj | None, fallback: Any
+) -> tuple[Any, str | None]:
+    """One message → (native event, its ``writeKey``). A message that is not an object
+    is passed on as sent, for validate to reject by its index."""
+    try:
+        msg = raw if type(raw) is dict else _object(raw)
+    except msgspec.ValidationError:
+        return raw, None
+    mtype = _val(msg, "type")
     if type(mtype) is not str:
         mtype = kind or "track"
+    event_name = _val(msg, "event")
     if mtype == "track":
-        name = msg.get("event")
+        name = event_name
     else:
-        name = SEGMENT_EVENT_NAMES.get(mtype, msg.get("event") or mtype)
-    timestamp = msg.get("timestamp")
+        name = SEGMENT_EVENT_NAMES.get(mtype, event_name or mtype)
+    timestamp = _val(msg, "timestamp")
     if timestamp is None:
-        timestamp = msg.get("originalTimestamp")
+        timestamp = _val(msg, "originalTimestamp")
     if timestamp is None:
-        timestamp = msg.get("sentAt", fallback)
-    extras = {k: v for k, v in msg.items() if k not in _SEGMENT_CONSUMED}
+        timestamp = _val(msg, "sentAt")
+    if timestamp is None:
+        timestamp = fallback
+    extras: dict[str, Any] = {k: v for k, v in msg.items() if k not in _SEGMENT_CONSUMED}
     extras["type"] = mtype
     if context is not None:
         extras["context"] = _merged(context, msg.get("context"))
     if integrations is not None:
         extras["integrations"] = _merged(integrations, msg.get("integrations"))
-    if "event" in msg and mtype != "track":
+    if event_name is not None and mtype != "track":
         extras["event"] = msg["event"]
     event: dict[str, Any] = {
         "event": name,
         "timestamp": timestamp,
-        "anonymous_id": msg.get("anonymousId"),
-        "user_id": msg.get("userId"),
+        "anonymous_id": _val(msg, "anonymousId"),
+        "user_id": _val(msg, "userId"),
         "extras": extras,
     }
     properties = msg.get("properties")
     if properties is not None:
         event["properties"] = properties
-    message_id = msg.get("messageId")
+    message_id = _val(msg, "messageId")
     if message_id is not None:
         event["uuid"] = message_id
-    return event
+    return event, _str_or_none(_val(msg, "writeKey"))
 
 
 # ----------------------------------------------------------------------------- PostHog
 
 # Keys of a PostHog event that become columns or are the credential.
-_POSTHOG_CONSUMED = frozenset(("event", "properties", "timestamp", "uuid", "api_key", "token"))
+_POSTHOG_CONSUMED = frozenset(
+    ("event", "properties", "timestamp", "uuid", "api_key", "token", "$token")
+)
 
 
 def _posthog(
@@ -410,17 +453,13 @@ def _posthog(
 ) -> SdkRequest:
     token: str | None = None
     sent_at: Any = None
+    messages: list[Raw | Obj]
     if type(payload) is list:
         messages = payload
     elif type(payload) is dict:
-        if "batch" in payload:
-            messages = payload["batch"]
-            if type(messages) is not list:
-                raise BadRequest("batch must be a list")
-        else:
-            messages = [payload]
-        token = _str_or_none(payload.get("api_key")) or _str_or_none(payload.get("token"))
-        sent_at = payload.get("sent_at")
+        messages = list(_batch(payload)) if "batch" in payload else [payload]
+        token = _str_or_none(_val(payload, "api_key")) or _str_or_none(_val(payload, "token"))
+        sent_at = _val(payload, "sent_at")
     else:
         raise BadRequest('body must be a JSON array of events, an event, or {"batch": [...]}')
     if sent_at is None:
@@ -436,7 +475,6 @@ def _posthog(
         or _str_or_none(query.get("token"))
         or _str_or_none(query.get("api_key"))
         or authorization_key(authorization)
-        or _first_event_token(messages)
     )
     if sent_at is None:
         base_ms = now_ms
@@ -447,45 +485,47 @@ def _posthog(
             raise BadRequest(
                 "sent_at invalid: send an ISO 8601 string or epoch milliseconds"
             ) from None
-    events = [_posthog_event(m, base_ms) for m in messages]
+    events = []
+    for raw in messages:
+        event, key = _posthog_event(raw, base_ms)
+        token = token or key  # posthog-js: the key is in each event's properties.token
+        events.append(event)
     return SdkRequest(POSTHOG, token, sent_at, events)
 
 
-def _first_event_token(messages: list[Any]) -> str | None:
-    """posthog-js puts the key in every event's ``properties.token`` (and ``$token`` for
-    ``/engage/``); the first one found is the request's."""
-    for msg in messages:
-        if type(msg) is not dict:
-            continue
-        props = msg.get("properties")
-        for holder, key in ((props, "token"), (msg, "api_key"), (msg, "token"), (msg, "$token")):
-            if type(holder) is dict:
-                found = _str_or_none(holder.get(key))
-                if found:
-                    return found
-    return None
-
-
-def _posthog_event(msg: Any, base_ms: int) -> Any:
-    if type(msg) is not dict:
-        return msg
-    props = msg.get("properties")
-    if type(props) is dict:
+def _posthog_event(raw: Raw | Obj, base_ms: int) -> tuple[Any, str | None]:
+    """One event → (native event, the key it carries, if any)."""
+    try:
+        msg = raw if type(raw) is dict else _object(raw)
+    except msgspec.ValidationError:
+        return raw, None
+    props_raw = msg.get("properties")
+    props = _as_object(props_raw)
+    key = None
+    if props is not None:
+        key = _str_or_none(_val(props, "token"))
         if "token" in props:
             props = {k: v for k, v in props.items() if k != "token"}
-        pget: Callable[[str], Any] = props.get
+        pget: Callable[[str], Any] = lambda k: _val(props, k)  # noqa: E731
     else:
-        pget = {}.get
-    extras = {k: v for k, v in msg.items() if k not in _POSTHOG_CONSUMED}
-    name = msg.get("event")
+        pget = lambda k: None  # noqa: E731
+    key = (
+        key
+        or _str_or_none(_val(msg, "api_key"))
+        or _str_or_none(_val(msg, "token"))
+        or _str_or_none(_val(msg, "$token"))
+    )
+    extras: dict[str, Any] = {k: v for k, v in msg.items() if k not in _POSTHOG_CONSUMED}
+    name = _val(msg, "event")
     if name is None and ("$set" in msg or "$set_once" in msg or "$unset" in msg):
         name = "$set"  # /engage/: a people update without an event name
-    distinct_id = msg.get("distinct_id", msg.get("$distinct_id"))
+    distinct_id = _val(msg, "distinct_id")
+    if distinct_id is None:
+        distinct_id = _val(msg, "$distinct_id")
     if distinct_id is None:
         distinct_id = pget("distinct_id")
         if distinct_id is not None:
             extras["distinct_id"] = distinct_id  # kept where stitching queries look
-    extras.pop("$token", None)
     if type(distinct_id) is int:
         distinct_id = str(distinct_id)
     device_id = pget("$device_id")
@@ -494,9 +534,9 @@ def _posthog_event(msg: Any, base_ms: int) -> Any:
     else:
         user_id = distinct_id
         anonymous_id = pget("$anon_distinct_id") or device_id
-    timestamp = msg.get("timestamp")
+    timestamp = _val(msg, "timestamp")
     if timestamp is None:
-        offset = msg.get("offset")
+        offset = _val(msg, "offset")
         if type(offset) in (int, float):
             timestamp = base_ms - int(offset)  # posthog-js's queue: ms before sending
         else:
@@ -511,10 +551,12 @@ def _posthog_event(msg: Any, base_ms: int) -> Any:
     }
     if props is not None:
         event["properties"] = props
-    client_id = msg.get("uuid")
+    elif props_raw is not None:
+        event["properties"] = props_raw  # not an object: validate rejects it
+    client_id = _val(msg, "uuid")
     if client_id is not None:
         event["uuid"] = client_id
-    return event
+    return event, key
 
 
 # ------------------------------------------------------------- after the token resolved
@@ -524,7 +566,7 @@ def event_id(client_id: Any, project: uuid.UUID) -> tuple[str, bool]:
     """A client's event id → ``(UUID text, whether it was derived)``: a UUID is kept;
     anything else becomes ``uuid5(project, text)`` — stable across retries, distinct
     across projects."""
-    text = client_id if type(client_id) is str else orjson.dumps(client_id).decode()
+    text = client_id if type(client_id) is str else _encode(client_id).decode()
     try:
         return str(uuid.UUID(text)), False
     except ValueError:
@@ -547,9 +589,6 @@ def to_events(request: SdkRequest, project_id: uuid.UUID | int) -> list[Any]:
                 ev["extras"] = {**ev["extras"], original_key: client_id}
         out.append(ev)
     return out
-
-
-_encode = msgspec.json.Encoder().encode
 
 
 def native_body(request: SdkRequest, project_id: uuid.UUID | int) -> bytes:

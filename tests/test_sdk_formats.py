@@ -117,6 +117,7 @@ def through_sluice(
     result = validate(envelope.events, project.int, now, sent_at)
     rows = [dict(zip(COLUMNS, row, strict=True)) for row in lines_to_rows(result.data)]
     for row in rows:
+        row["properties_text"] = row["properties"]
         row["properties"] = json.loads(row["properties"])
         row["extras"] = json.loads(row["extras"])
     return decoded, rows, result.errors
@@ -484,6 +485,26 @@ def test_an_undecodable_body_is_a_bad_request_with_the_reason(
 ) -> None:
     with pytest.raises(BadRequest, match=reason):
         sdk.decode(sdk.ROUTES[path], body, {}, None, 0, MAX)
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/batch", '{"batch": [{"type": "track", "event": "e", "userId": "u", '
+         '"timestamp": "2026-11-22T10:00:00Z", "properties": %s, "context": {"n": 1.0}}]}'),
+        ("/batch/", '{"api_key": "k", "batch": [{"event": "e", "distinct_id": "u", '
+         '"timestamp": "2026-11-22T10:00:00Z", "properties": %s}]}'),
+    ],
+)  # fmt: skip
+def test_values_are_stored_as_sent(path: str, template: str) -> None:
+    # as on the native path: an integer of any size, a number's spelling, escapes
+    properties = '{"big":123456789012345678901234567890,"price":9.50,"s":"\\u00e9"}'
+    body = (template % properties).encode()
+    req = Captured("POST", path, {}, {"authorization": "Basic " + base64.b64encode(
+        b"k:").decode()}, body)  # fmt: skip
+    _, rows, errors = through_sluice(req)
+    assert errors == []
+    assert rows[0]["properties_text"] == properties
 
 
 def test_a_gzip_bomb_by_magic_bytes_is_too_large() -> None:
