@@ -726,3 +726,16 @@ def rudderstack_source_config(write_key: str) -> dict[str, Any]:
             "destinations": [],
         },
     }
+
+
+def posthog_remote_config_js(token: str) -> str:
+    """``GET /array/<token>/config.js``: the script form of :data:`POSTHOG_REMOTE_CONFIG`
+    that posthog-js's external-scripts loader tries first (remote-config.ts reads
+    ``window._POSTHOG_REMOTE_CONFIG[token].config`` and ``.siteApps``); without it the
+    SDK logs a failed script load and falls back to the JSON."""
+    entry = _encode({"config": POSTHOG_REMOTE_CONFIG, "siteApps": []}).decode()
+    key = _encode(token).decode()
+    return (
+        "(function(){var c=window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{};"
+        f"c[{key}]={entry};}})();"
+    )

@@ -45,10 +45,11 @@ _KEPT_HEADERS = ("Retry-After", "WWW-Authenticate")
 
 SETTINGS_PATH = "/v1/projects/{write_key}/settings"
 REMOTE_CONFIG_PATH = "/array/{token}/config"
+REMOTE_CONFIG_JS_PATH = "/array/{token}/config.js"
 SOURCE_CONFIG_PATHS = ("/sourceConfig", "/sourceConfig/")
 SDK_PATHS: frozenset[str] = frozenset((*sdk.ROUTES, *sdk.CONFIG_RESPONSES, *SOURCE_CONFIG_PATHS))
-"""Fixed SDK paths (the two with a key in them are :data:`SETTINGS_PATH` and
-:data:`REMOTE_CONFIG_PATH`) — for the CORS middleware."""
+"""Fixed SDK paths (those with a key in them are :data:`SETTINGS_PATH`,
+:data:`REMOTE_CONFIG_PATH` and :data:`REMOTE_CONFIG_JS_PATH`) — for the CORS middleware."""
 
 
 def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -102,6 +103,11 @@ async def _fixed(document: dict[str, Any], request: web.Request) -> web.Response
     return _answer(200, document)
 
 
+async def _remote_config_js(request: web.Request) -> web.Response:
+    script = sdk.posthog_remote_config_js(request.match_info["token"])
+    return web.Response(text=script, content_type="application/javascript")
+
+
 async def _segment_settings(request: web.Request) -> web.Response:
     # The browser reaches Sluice at the Host it asked for; behind a TLS-terminating proxy
     # the scheme comes from X-Forwarded-Proto (it only picks the URL the browser posts to).
@@ -130,6 +136,7 @@ def add_sdk_routes(app: web.Application, accept: Accept, max_bytes: int) -> None
         app.router.add_route("GET", path, partial(_fixed, document))
         app.router.add_route("POST", path, partial(_fixed, document))
     app.router.add_get(REMOTE_CONFIG_PATH, partial(_fixed, sdk.POSTHOG_REMOTE_CONFIG))
+    app.router.add_get(REMOTE_CONFIG_JS_PATH, _remote_config_js)
     app.router.add_get(SETTINGS_PATH, _segment_settings)
     for path in SOURCE_CONFIG_PATHS:
         app.router.add_get(path, _source_config)

@@ -183,6 +183,10 @@ async def test_config_documents(served: tuple[str, Pipeline]) -> None:
                 assert flags["sessionRecording"] is False
         async with http.get(f"{url}/array/{KEY}/config") as r:
             assert (await r.json())["supportedCompression"] == ["gzip-js"]
+        async with http.get(f"{url}/array/{KEY}/config.js") as r:
+            script = await r.text()
+            assert r.headers["Content-Type"].startswith("application/javascript")
+            assert f'c["{KEY}"]={{"config":{{"supportedCompression":["gzip-js"]' in script
         async with http.get(f"{url}/sourceConfig/?writeKey={KEY}&v=3") as r:
             source = (await r.json())["source"]
             assert source["enabled"] is True and source["destinations"] == []
