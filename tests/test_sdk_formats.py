@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -552,3 +553,94 @@ def test_segment_settings_point_analytics_next_at_this_host() -> None:
         == "http://events.example.com:8080/v1/t"
     )
     assert segmentio["apiKey"] == KEY and settings["metrics"]["sampleRate"] == 0
+
+
+# ------------------------------------------- browser SDKs, recorded (tests/fixtures/sdk)
+
+# posthog-js 1.449.2 and analytics-next 1.84.3, run in jsdom (node) against a capture
+# server that answered with this module's documents; capture_server.py says how.
+FIXTURES = Path(__file__).parent / "fixtures" / "sdk"
+
+
+def recorded(name: str) -> list[Captured]:
+    requests = []
+    for line in (FIXTURES / name).read_text().splitlines():
+        r = json.loads(line)
+        parts = urlsplit(r["path"])
+        requests.append(Captured(r["method"], parts.path, dict(parse_qsl(parts.query)),
+                                 r["headers"], base64.b64decode(r["body_b64"])))  # fmt: skip
+    return requests
+
+
+def test_posthog_js_recorded_requests() -> None:
+    requests = recorded("posthog-js-1.449.2.jsonl")
+    sends = [r for r in requests if r.path == "/e/"]
+    # gzip, as text/plain, with no compression parameter and no query at all
+    assert all(r.body[:2] == b"\x1f\x8b" and r.query == {} for r in sends)
+    assert all(r.headers["content-type"] == "text/plain" for r in sends)
+    assert any(r.path == "/flags/" for r in requests)  # answered with POSTHOG_FLAGS
+    rows = []
+    for req in sends:
+        decoded, got, errors = through_sluice(req)
+        assert errors == [] and decoded.token == "sluice_pub_phjs"
+        rows += got
+    by_name = {row["event"]: row for row in rows}
+    assert sorted(by_name) == sorted(["$pageview", "clicked_buy", "$identify",
+                                      "$create_alias", "$groupidentify"])  # fmt: skip
+    device = by_name["clicked_buy"]["properties"]["$device_id"]
+    anonymous = by_name["clicked_buy"]
+    assert (anonymous["user_id"], anonymous["anonymous_id"]) == (None, device)
+    assert anonymous["properties"] == {**anonymous["properties"], "plan": "pro", "price": 9.5}
+    assert "token" not in anonymous["properties"]
+    assert anonymous["session_id"] == anonymous["properties"]["$session_id"]
+    identify = by_name["$identify"]
+    assert (identify["user_id"], identify["anonymous_id"]) == ("u-42", device)
+    assert identify["extras"]["$set"] == {"email": "a@example.com"}
+    assert identify["extras"]["$set_once"]["first_seen"] == "2026"
+    alias = by_name["$create_alias"]
+    assert (alias["user_id"], alias["properties"]["alias"]) == ("u-42", "alias-1")
+    group = by_name["$groupidentify"]
+    assert group["properties"]["$group_key"] == "acme"
+    for row in rows:  # posthog-js mints UUIDv7s: they are the event ids
+        assert uuid.UUID(int=row["event_id"]).version == 7
+
+
+@pytest.mark.parametrize("name", ["analytics-next-1.84.3.jsonl",
+                                  "analytics-next-1.84.3-batching.jsonl"])  # fmt: skip
+def test_analytics_next_recorded_requests(name: str) -> None:
+    requests = recorded(name)
+    # It asked Sluice for its settings first, then sent where they pointed it.
+    assert (
+        requests[0].method == "GET" and requests[0].path == "/v1/projects/sluice_pub_ajs/settings"
+    )
+    sends = requests[1:]
+    expected = (
+        {"/v1/p", "/v1/t", "/v1/i", "/v1/g", "/v1/a"} if "batching" not in name else {"/v1/b"}
+    )
+    assert {r.path for r in sends} == expected
+    basic = "Basic " + base64.b64encode(b"sluice_pub_ajs:").decode()
+    assert all(r.headers["authorization"] == basic for r in sends)
+    assert all(r.headers["content-type"] == "text/plain" for r in sends)
+    rows = []
+    for req in sends:
+        decoded, got, errors = through_sluice(req)
+        assert errors == [] and decoded.token == "sluice_pub_ajs"
+        rows += got
+    assert [r["event"] for r in rows] == ["$pageview", "Clicked Buy", "$identify",
+                                          "$groupidentify", "$create_alias"]  # fmt: skip
+    page, track, identify, group, alias = rows
+    assert page["properties"]["path"] == "/pricing"
+    assert (page["extras"]["name"], page["extras"]["category"]) == ("Pricing", "Docs")
+    assert page["extras"]["context"]["page"]["url"] == "https://shop.example/pricing"
+    assert track["properties"] == {"price": 9.5}
+    assert identify["user_id"] == "u-7" and identify["extras"]["traits"]["email"] == "b@example.com"
+    assert group["extras"]["groupId"] == "g-1" and group["extras"]["traits"] == {"name": "Acme"}
+    # analytics.alias("u-7-new") went out as userId "u-7", previousId "u-7" (that is what
+    # analytics-next 1.84.3 sends here); the mapping keeps exactly that.
+    assert alias["user_id"] == "u-7" and alias["extras"]["previousId"] == "u-7"
+    anonymous_ids = {r["anonymous_id"] for r in rows}
+    assert len(anonymous_ids) == 1 and None not in anonymous_ids
+    for row in rows:  # "ajs-next-<ms>-<uuid>": not a UUID → uuid5, the original kept
+        assert row["extras"]["messageId"].startswith("ajs-next-")
+        assert row["event_id"] == uuid.uuid5(PROJECT, row["extras"]["messageId"]).int
+        assert "writeKey" not in row["extras"]
