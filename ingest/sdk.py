@@ -34,6 +34,12 @@ Event ids: a client id that is a UUID is the event id. Other ids (analytics-node
 retry lands on the same row, and per project, so two projects sending the same id never
 share an event id. That needs the project, known only after the token resolves: hence
 the two steps, :func:`decode` then :func:`native_body`.
+
+How: JSON is decoded one level at a time with msgspec, values kept as their text
+(``msgspec.Raw``), so what is stored is what was sent, as on the native path. Cost,
+measured on 100-event batches (shared 2-core machine): ~6 µs per event for PostHog's,
+~8 µs for Segment's (context merged per message) — about twice the native
+decode + validate that follows; SDK traffic is not the bulk path.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ The Python SDKs (segment-analytics-python, posthog — pinned in the ``dev`` ext
 for real against a capture server on 127.0.0.1 that records each request and answers as
 the vendor's server does; each captured request then goes through :mod:`ingest.sdk` and
 :func:`ingest.validate.validate`, and the stored rows are checked field by field. The
-browser SDKs cannot run here: their requests are rebuilt from their source (named at
-each fixture) and fed to the same decoders.
+browser SDKs need a browser: their requests were recorded once in jsdom
+(``tests/fixtures/sdk``, with the script that recorded them), and shapes their current
+builds no longer send (lz64, offset, sendBeacon's base64 form) are rebuilt from their
+source, named at each test.
 """
 
 from __future__ import annotations
