@@ -35,6 +35,9 @@ from ingest import sdk
 from ingest.validate import BadRequest
 
 NativeBody = Callable[[int], bytes]
+Precheck = Callable[[web.Request], web.Response | None]
+"""``precheck(request)``: the native handler's checks before it reads a body (kill switch,
+fatal, buffer likely full) — a response to send instead, or ``None`` to go on."""
 Accept = Callable[[web.Request, str | None, NativeBody], Awaitable[web.StreamResponse]]
 """``accept(request, token, native_body)``: the native pipeline after the body is read.
 ``native_body(project_id)`` gives the body :func:`ingest.validate.decode_request` takes."""
@@ -62,10 +65,29 @@ def _error(family: str, status: int, message: str) -> web.Response:
     return _answer(code, body)
 
 
-def _events_handler(accept: Accept, max_bytes: int) -> Callable[[web.Request], Awaitable[Any]]:
+def _reshaped(family: str, native: web.StreamResponse) -> web.StreamResponse:
+    """A native response in ``family``'s shape, keeping the headers SDKs act on."""
+    if not isinstance(native, web.Response) or native.body is None:
+        return native
+    try:
+        payload = orjson.loads(native.body)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        payload = {"error": native.text or "error"}
+    status, reshaped = sdk.respond(family, native.status, payload)
+    kept = {k: native.headers[k] for k in _KEPT_HEADERS if k in native.headers}
+    return _answer(status, reshaped, kept or None)
+
+
+def _events_handler(
+    accept: Accept, max_bytes: int, precheck: Precheck | None
+) -> Callable[[web.Request], Awaitable[Any]]:
     async def events(request: web.Request) -> web.StreamResponse:
         route = sdk.ROUTES[request.path]
         family = route.family
+        if precheck is not None:
+            refused = precheck(request)  # overload must stay cheap: before the body
+            if refused is not None:
+                return _reshaped(family, refused)
         try:  # aiohttp has already undone Content-Encoding: gzip, within client_max_size
             body = await request.read()
         except HTTPRequestEntityTooLarge:
@@ -86,15 +108,7 @@ def _events_handler(accept: Accept, max_bytes: int) -> Callable[[web.Request], A
         except sdk.BodyTooLarge:
             return _error(family, 413, "request body too large")
         native = await accept(request, decoded.token, partial(sdk.native_body, decoded))
-        if not isinstance(native, web.Response) or native.body is None:
-            return native
-        try:
-            payload = orjson.loads(native.body)  # type: ignore[arg-type]
-        except orjson.JSONDecodeError:
-            payload = {"error": native.text or "error"}
-        status, reshaped = sdk.respond(family, native.status, payload)
-        kept = {k: native.headers[k] for k in _KEPT_HEADERS if k in native.headers}
-        return _answer(status, reshaped, kept or None)
+        return _reshaped(family, native)
 
     return events
 
@@ -123,13 +137,16 @@ async def _source_config(request: web.Request) -> web.Response:
     return _answer(200, sdk.rudderstack_source_config(key or ""))
 
 
-def add_sdk_routes(app: web.Application, accept: Accept, max_bytes: int) -> None:
-    """Add every SDK path to ``app``: the event paths (POST) through ``accept``, the
-    config paths (GET; the PostHog ones also POST) with their fixed documents.
+def add_sdk_routes(
+    app: web.Application, accept: Accept, max_bytes: int, precheck: Precheck | None = None
+) -> None:
+    """Add every SDK path to ``app``: the event paths (POST) through ``precheck`` and
+    ``accept``, the config paths (GET; the PostHog ones also POST) with their fixed
+    documents.
     ``max_bytes`` caps a body decompressed here (gzip by magic bytes, lz64) like
     ``INGEST_MAX_BODY_BYTES`` caps the rest. Config answers do not check the key: they
     hold nothing secret, and the events themselves are authenticated."""
-    events = _events_handler(accept, max_bytes)
+    events = _events_handler(accept, max_bytes, precheck)
     for path in sdk.ROUTES:
         app.router.add_post(path, events)
     for path, document in sdk.CONFIG_RESPONSES.items():

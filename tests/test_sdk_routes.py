@@ -36,6 +36,13 @@ class Pipeline:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.refuse: tuple[int, str] | None = None  # (status, Retry-After)
+        self.disabled = False
+
+    def precheck(self, request: web.Request) -> web.Response | None:
+        if self.disabled:
+            return web.json_response({"error": "ingest disabled"}, status=503,
+                                     headers={"Retry-After": "300"})  # fmt: skip
+        return None
 
     async def accept(
         self, request: web.Request, token: str | None, native_body: NativeBody
@@ -61,7 +68,7 @@ class Pipeline:
 async def served() -> AsyncIterator[tuple[str, Pipeline]]:
     pipeline = Pipeline()
     app = web.Application(client_max_size=1024 * 1024)
-    add_sdk_routes(app, pipeline.accept, 1024 * 1024)
+    add_sdk_routes(app, pipeline.accept, 1024 * 1024, pipeline.precheck)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -158,7 +165,12 @@ async def test_refusals_keep_retry_after_and_become_what_the_sdk_retries(
         pipeline.refuse = (429, "2")
         async with http.post(url + "/batch/", data=body) as r:
             assert (r.status, r.headers["Retry-After"]) == (503, "2")  # posthog-js drops 429
-        pipeline.refuse = None
+        pipeline.refuse, pipeline.disabled = None, True
+        async with http.post(url + "/v1/batch", data=b"not even read") as r:
+            assert (r.status, r.headers["Retry-After"]) == (503, "300")
+            assert await r.json() == {"success": False, "code": "unavailable",
+                                      "message": "ingest disabled"}  # fmt: skip
+        pipeline.disabled = False
         async with http.post(url + "/batch/", data=b"{not json") as r:
             assert r.status == 400 and "JSON" in (await r.json())["detail"]
         async with http.post(url + "/v1/batch", data=b'{"batch": [{"type": "track"}]}') as r:
