@@ -6,6 +6,9 @@
         │  Origin (403) · header token before the body · body ≤ INGEST_MAX_BODY_BYTES
         │  (after gzip), read within INGEST_READ_TIMEOUT (408) · envelope · token
         │  (auth/resolver.py: cached; paused project → 503)
+        │    ▲ SDK paths (/v1/batch, /e/, ...): Segment's, RudderStack's   ingest/sdk.py
+        │    │ and PostHog's wire formats → token + the native body; pure
+        │    │ (their aiohttp handlers: ingest/sdk_routes.py)
         ▼
     rate limit  token bucket per project, on events sent (429)     ingest/ratelimit.py
         │
