@@ -35,6 +35,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from ingest.buffer import Refused
 from ingest.ids import uuid_str
 from ingest.metrics import CONTENT_TYPE
 from ingest.ratelimit import ProjectLimits, retry_after
+from ingest.sdk_routes import SDK_PATHS, add_sdk_routes
 from ingest.validate import (
     MAX_EVENTS_PER_REQUEST,
     BadRequest,
@@ -63,6 +65,7 @@ log = structlog.get_logger("sluice.http")
 
 INGEST_PATH = "/api/v1/ingest/events"
 CORS_PATHS = frozenset((INGEST_PATH, "/healthz"))
+_SDK_PREFIXES = ("/v1/projects/", "/array/")  # SDK config paths with a key in them
 QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 READY_STALE_SECONDS = 30.0  # /readyz: a store must have answered this recently
 
@@ -221,11 +224,12 @@ async def _read_body(request: web.Request, edge: Edge) -> bytes | web.Response:
         return _closing(_error(400, "connection lost while reading the request body"))
 
 
-async def ingest(request: web.Request) -> web.Response:
+def _precheck(request: web.Request) -> web.Response | None:
+    """What is refused before a body is read (kill switch, fatal, Origin, a buffer too
+    full for a typical request): the refusal, or ``None``."""
     svc = request.app[SERVICE]
     edge = request.app[EDGE]
     state = svc.state
-    info = request["log"]
     if state.disabled or state.shutting_down:
         return _error(503, "ingest disabled", {"Retry-After": "300"})
     if state.fatal:
@@ -235,11 +239,19 @@ async def ingest(request: web.Request) -> web.Response:
         if origin is not None and origin.rstrip("/") not in edge.allowed_origins:
             edge.origin_refused += 1
             return _error(403, "origin not allowed")
-
-    buffer = svc.buffer
-    if buffer.likely_full():  # answer before reading the body: overload must be cheap
+    if svc.buffer.likely_full():  # answer before reading the body: overload must be cheap
         return _error(503, "ingest buffer full", {"Retry-After": "1"})
+    return None
 
+
+async def _read_any_body(request: web.Request) -> bytes | web.Response:
+    return await _read_body(request, request.app[EDGE])
+
+
+async def ingest(request: web.Request) -> web.Response:
+    refused = _precheck(request)
+    if refused is not None:
+        return refused
     header_token = _bearer(request)
     access: Access | None = None
     if header_token is not None:  # checked before the body is read: a bad one costs no read
@@ -250,13 +262,40 @@ async def ingest(request: web.Request) -> web.Response:
 
     # Any content type is read as JSON: sendBeacon sends text/plain, and a client that
     # forgot the header should get a 2xx or a precise 400, not a 415.
-    body = await _read_body(request, edge)
+    body = await _read_body(request, request.app[EDGE])
     if type(body) is not bytes:
         return body  # type: ignore[return-value]
     try:
         envelope = decode_request(body)
     except BadRequest as exc:
         return _error(400, str(exc))
+    return await _accept(request, envelope, access, header_token)
+
+
+async def sdk_accept(
+    request: web.Request, token: str | None, native_body: Callable[[int], bytes]
+) -> web.Response:
+    """The native pipeline for an SDK request (:mod:`ingest.sdk_routes`): the token the
+    SDK sent, then its events as a native body made for the token's project."""
+    found = await _authorize(request, token)
+    if type(found) is not Access:
+        return found  # type: ignore[return-value]
+    try:
+        envelope = decode_request(native_body(found.project_id))
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    return await _accept(request, envelope, found, None)
+
+
+async def _accept(
+    request: web.Request, envelope: Any, access: Access | None, header_token: str | None
+) -> web.Response:
+    """A decoded body's way in, shared by the native and the SDK paths: the token (if
+    not yet checked), ``sent_at``, admission, the rate limit, validation, the buffer."""
+    svc = request.app[SERVICE]
+    edge = request.app[EDGE]
+    info = request["log"]
+    buffer = svc.buffer
     events = envelope.events
     if len(events) > MAX_EVENTS_PER_REQUEST:
         return _error(
@@ -411,13 +450,16 @@ async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
                 "unhandled_error", method=request.method, path=path, times=times, **info
             )
         response = _error(500, "internal server error")
-    if path in CORS_PATHS:
+    if path in CORS_PATHS or path in SDK_PATHS or path.startswith(_SDK_PREFIXES):
         svc = request.app[SERVICE]
         cors = _cors_headers(request.headers.get("Origin"), svc.config.allowed_origins)
         if cors:
             response.headers.update(cors)
             if request.method == "OPTIONS":
                 response.headers.update(_PREFLIGHT)
+                asked = request.headers.get("Access-Control-Request-Headers")
+                if asked:  # SDKs send their own (X-Retry-Count, AnonymousId, ...)
+                    response.headers["Access-Control-Allow-Headers"] = asked
         elif svc.config.allowed_origins:
             response.headers["Vary"] = "Origin"
     duration = time.perf_counter() - started
@@ -497,4 +539,8 @@ def build_app(service: Any) -> web.Application:
     app.router.add_route("OPTIONS", "/healthz", preflight)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics)
+    # The SDKs' own paths (Segment, RudderStack, PostHog): same pipeline, their formats.
+    add_sdk_routes(app, sdk_accept, service.config.max_body_bytes, _precheck, _read_any_body)
+    for path in SDK_PATHS:
+        app.router.add_route("OPTIONS", path, preflight)
     return app

@@ -1,5 +1,5 @@
 """The HTTP face of :mod:`ingest.sdk`: aiohttp handlers for the SDK paths, kept apart
-from ``ingest/http.py`` until the native handler can be called from them.
+from ``ingest/http.py``, which mounts them with its own pipeline (``sdk_accept``).
 
 Enters: requests on :data:`ingest.sdk.ROUTES` and the config paths. Leaves: each
 family's answers (:func:`ingest.sdk.respond`). On the way, :func:`add_sdk_routes`'s
@@ -42,6 +42,9 @@ Accept = Callable[[web.Request, str | None, NativeBody], Awaitable[web.StreamRes
 """``accept(request, token, native_body)``: the native pipeline after the body is read.
 ``native_body(project_id)`` gives the body :func:`ingest.validate.decode_request` takes."""
 
+ReadBody = Callable[[web.Request], Awaitable["bytes | web.Response"]]
+"""``read_body(request)``: the body, or the response refusing it (408, 413, 400, 503)."""
+
 _JSON = "application/json"
 # Native headers an SDK acts on, carried over to the reshaped answer.
 _KEPT_HEADERS = ("Retry-After", "WWW-Authenticate")
@@ -79,7 +82,7 @@ def _reshaped(family: str, native: web.StreamResponse) -> web.StreamResponse:
 
 
 def _events_handler(
-    accept: Accept, max_bytes: int, precheck: Precheck | None
+    accept: Accept, max_bytes: int, precheck: Precheck | None, read_body: ReadBody | None
 ) -> Callable[[web.Request], Awaitable[Any]]:
     async def events(request: web.Request) -> web.StreamResponse:
         route = sdk.ROUTES[request.path]
@@ -88,12 +91,18 @@ def _events_handler(
             refused = precheck(request)  # overload must stay cheap: before the body
             if refused is not None:
                 return _reshaped(family, refused)
-        try:  # aiohttp has already undone Content-Encoding: gzip, within client_max_size
-            body = await request.read()
-        except HTTPRequestEntityTooLarge:
-            return _error(family, 413, "request body too large")
-        except RequestPayloadError as exc:
-            return _error(family, 400, f"could not decode the request body ({exc})")
+        if read_body is not None:  # the server's reader: read timeout, bounded slots
+            read = await read_body(request)
+            if not isinstance(read, bytes):
+                return _reshaped(family, read)
+            body = read
+        else:
+            try:  # aiohttp has undone Content-Encoding: gzip, within client_max_size
+                body = await request.read()
+            except HTTPRequestEntityTooLarge:
+                return _error(family, 413, "request body too large")
+            except RequestPayloadError as exc:
+                return _error(family, 400, f"could not decode the request body ({exc})")
         try:
             decoded = sdk.decode(
                 route,
@@ -138,7 +147,11 @@ async def _source_config(request: web.Request) -> web.Response:
 
 
 def add_sdk_routes(
-    app: web.Application, accept: Accept, max_bytes: int, precheck: Precheck | None = None
+    app: web.Application,
+    accept: Accept,
+    max_bytes: int,
+    precheck: Precheck | None = None,
+    read_body: ReadBody | None = None,
 ) -> None:
     """Add every SDK path to ``app``: the event paths (POST) through ``precheck`` and
     ``accept``, the config paths (GET; the PostHog ones also POST) with their fixed
@@ -146,7 +159,7 @@ def add_sdk_routes(
     ``max_bytes`` caps a body decompressed here (gzip by magic bytes, lz64) like
     ``INGEST_MAX_BODY_BYTES`` caps the rest. Config answers do not check the key: they
     hold nothing secret, and the events themselves are authenticated."""
-    events = _events_handler(accept, max_bytes, precheck)
+    events = _events_handler(accept, max_bytes, precheck, read_body)
     for path in sdk.ROUTES:
         app.router.add_post(path, events)
     for path, document in sdk.CONFIG_RESPONSES.items():
