@@ -454,7 +454,7 @@ def test_analytics_next_single_message_with_write_key_in_the_body(
 
 
 def test_analytics_next_batching_mode_and_rudderstack_beacon_query_key() -> None:
-    batch = [_next_message("track", event=f"e{i}") for i in range(3)]
+    batch = [_next_message("track", event=f"e{i}", messageId=f"ajs-next-{i}") for i in range(3)]
     for m in batch:
         del m["sentAt"]
     body = json.dumps({"writeKey": KEY, "batch": batch, "sentAt": "2026-11-22T10:00:01Z"})
