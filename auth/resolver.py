@@ -11,6 +11,8 @@ the pipeline's row form) or ``None`` for "not usable" (→ 401).
 * If Postgres fails while a *positive* entry is stale, the stale entry is served (ingest
   keeps working through a Postgres outage); with no entry at all the error propagates
   (→ 500, never 401: the token may be fine).
+* The same class serves read keys (:func:`auth.keys.resolver`): it takes the shape
+  check (``looks_valid``) as a parameter; everything else is the same.
 * ``last_used_at`` is stamped at most once per ``touch_interval`` per token, in the
   background; a failed stamp is logged and forgotten.
 """
@@ -55,8 +57,10 @@ class TokenResolver:
         negative_ttl: float = NEGATIVE_TTL,
         touch_interval: float = TOUCH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        looks_valid: Callable[[str], bool] = tokens.looks_valid,
     ) -> None:
         self._lookup = lookup
+        self._looks_valid = looks_valid  # the cheap shape check (auth.keys for read keys)
         self._touch = touch
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -72,7 +76,7 @@ class TokenResolver:
     async def resolve(self, token: str) -> int | None:
         """Project id for ``token``, or ``None``. Raises when Postgres fails and no
         cached answer exists."""
-        if not tokens.looks_valid(token):
+        if not self._looks_valid(token):
             return None
         now = self._clock()
         entry = self._entries.get(token)

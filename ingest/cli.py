@@ -1,4 +1,5 @@
-"""The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``dlq``.
+"""The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``keys``,
+``dlq``, ``wal``, and the read side's clients ``events tail`` and ``stats``.
 
 Exit codes: 0 success, 1 a store failed or the thing asked for does not exist (also:
 the migration files are missing, or a read-only command met an unmigrated database), 2
@@ -348,6 +349,41 @@ async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
     return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
+async def cmd_keys(config: Config, args: argparse.Namespace) -> int:
+    """Secret read keys (``sluice_sk_…``) for the read API."""
+    from auth import keys, projects
+
+    async def run(pool: Any) -> int:
+        try:
+            if args.action == "create":
+                project_id = _uuid(args.project_id, "project id")
+                key_id, key = await keys.create_key(pool, project_id)
+                if args.json:
+                    out_json({"project_id": str(project_id), "key_id": str(key_id), "key": key})
+                else:
+                    print(f"key {key}\nid  {key_id}")
+                    print("The key is shown only now; it is stored as a hash. It reads every "
+                          "event of the project: keep it secret.")  # fmt: skip
+            elif args.action == "list":
+                rows = await keys.list_keys(pool, _uuid(args.project_id, "project id"))
+                if args.json:
+                    out_json(rows)
+                else:
+                    out_table(rows, ["id", "key", "created_at", "revoked_at", "last_used_at"])
+            else:
+                key_id = await keys.revoke_key(pool, args.key_or_id)
+                if args.json:
+                    out_json({"key_id": str(key_id), "revoked": True})
+                else:
+                    print(f"read key {key_id} revoked (servers stop accepting it within "
+                          "INGEST_TOKEN_CACHE_TTL)")  # fmt: skip
+        except projects.NotFound as exc:
+            raise CliError(str(exc)) from None
+        return EXIT_OK
+
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
+
+
 async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
     from ingest.deadletter import DeadLetter
 
@@ -535,6 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_json(tokens.add_parser("revoke", help="revoke a token"))
     revoke.add_argument("token_or_id", help="the token itself, or its id")
 
+    keys = sub.add_parser("keys", help="secret read keys for the read API").add_subparsers(
+        dest="action", required=True
+    )
+    kcreate = with_json(keys.add_parser("create", help="a new read key (sluice_sk_…, shown once)"))
+    kcreate.add_argument("project_id")
+    klist = with_json(keys.add_parser("list", help="list a project's keys, masked (read-only)"))
+    klist.add_argument("project_id")
+    krevoke = with_json(keys.add_parser("revoke", help="revoke a read key"))
+    krevoke.add_argument("key_or_id", help="the key itself, or its id")
+
     dlq = sub.add_parser("dlq", help="inspect and steer the dead-letter queue").add_subparsers(
         dest="action", required=True
     )
@@ -580,6 +626,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "projects": cmd_projects,
     "tokens": cmd_tokens,
+    "keys": cmd_keys,
     "dlq": cmd_dlq,
     "wal": cmd_wal,
 }
