@@ -74,9 +74,17 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "ALLOWED_ORIGINS": ("allowed_origins", ""),
     "LOG_LEVEL": ("log_level", "info"),
     "LOG_FORMAT": ("log_format", "json"),
+    # The read API (ingest/read.py): every read query runs under these ClickHouse limits.
+    "READ_MAX_EXECUTION_TIME": ("read_max_execution_time", "5s"),
+    "READ_MAX_MEMORY_BYTES": ("read_max_memory_bytes", "536870912"),
 }
 _FIELD_TO_VAR = {field: var for var, (field, _) in ENV_VARS.items()}
-_DURATION_FIELDS = ("flush_interval", "shutdown_grace", "token_cache_ttl")
+_DURATION_FIELDS = (
+    "flush_interval",
+    "shutdown_grace",
+    "token_cache_ttl",
+    "read_max_execution_time",
+)
 _EXPECTED = {
     "port": "an integer from 1 to 65535",
     "event_buffer": "a positive integer",
@@ -85,6 +93,7 @@ _EXPECTED = {
     "wal_max_bytes": "a positive integer (bytes)",
     "dlq_drain_batch_limit": "a positive integer",
     "dlq_depth_503_threshold": "a non-negative integer",
+    "read_max_memory_bytes": "a positive integer (bytes)",
 }
 
 
@@ -113,6 +122,8 @@ class Config(BaseModel):
     allowed_origins: tuple[str, ...]
     log_level: str
     log_format: str
+    read_max_execution_time: float
+    read_max_memory_bytes: int
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -143,7 +154,12 @@ class Config(BaseModel):
         return value
 
     @field_validator(
-        "event_buffer", "flush_events", "max_body_bytes", "dlq_drain_batch_limit", "wal_max_bytes"
+        "event_buffer",
+        "flush_events",
+        "max_body_bytes",
+        "dlq_drain_batch_limit",
+        "wal_max_bytes",
+        "read_max_memory_bytes",
     )
     @classmethod
     def _positive(cls, value: int) -> int:

@@ -277,4 +277,9 @@ def build_app(service: Any) -> web.Application:
     app.router.add_route("OPTIONS", "/healthz", preflight)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics)
+
+    # --- the read API (ingest/read.py: GET /api/v1/events, /api/v1/stats/*) -------------
+    from ingest.read import add_read_routes  # imported here: the whole hook is this hunk
+
+    add_read_routes(app, service)
     return app
