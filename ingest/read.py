@@ -105,13 +105,13 @@ class Params:
 
     def __init__(self, query: Mapping[str, str], allowed: frozenset[str]) -> None:
         self.values: dict[str, str] = {}
-        for name in query:
+        for name, value in query.items():  # every pair: a repeated name comes twice
             if name not in allowed:
                 known = ", ".join(sorted(allowed))
                 raise BadParameter(name, f"unknown parameter {name!r} (known: {known})")
             if name in self.values:
                 raise BadParameter(name, f"parameter {name!r} given more than once")
-            self.values[name] = query[name]
+            self.values[name] = value
 
     def text(self, name: str) -> str | None:
         value = self.values.get(name)
