@@ -503,3 +503,65 @@ def test_stats_summarizes_through_the_server(world: World, tmp_path: Path) -> No
         f"sluice: {world.server.url}/api/v1/stats/active-users answered 401: a publishable "
         "token cannot read: use a secret read key (sluice_sk_…)\n"
     )
+
+
+def test_postgres_down_is_500_for_an_unknown_key_and_a_cached_key_keeps_reading(
+    start_server: Callable[..., Server], own_pg: Any
+) -> None:
+    dsn = own_pg.dsn()
+    project_id, token = make_project(dsn, "A")
+    key = new_key(dsn, project_id)
+    never_seen = new_key(dsn, project_id)
+    server = start_server(DATABASE_URL=dsn, INGEST_TOKEN_CACHE_TTL=TTL)
+    assert server.post({"token": token, "events": [ev("x", datetime.now(UTC))]}).status == 202
+    read = f"{server.url}/api/v1/events"
+    poll(lambda: request(read, headers={"Authorization": f"Bearer {key}"}).json()["events"])
+    own_pg.stop()
+    response = request(read, headers={"Authorization": f"Bearer {never_seen}"})
+    assert (response.status, response.json()) == (500, {"error": "internal server error"})
+    # past the TTL the cached key is served stale while Postgres is down
+    time_to_expire = time.monotonic() + 1.5
+    while time.monotonic() < time_to_expire:  # a request per 0.1 s, until the TTL passed
+        assert request(read, headers={"Authorization": f"Bearer {key}"}).status == 200
+        time.sleep(0.1)
+
+
+def test_make_run_prints_a_read_key_and_a_read_curl_that_works(
+    tmp_path: Path, database_url: str
+) -> None:
+    from support import free_port
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+           "PORT": str(port), "INGEST_FLUSH_INTERVAL": "100ms", "LOG_LEVEL": "warning"}  # fmt: skip
+    proc = subprocess.Popen(
+        [*SLUICE, "serve", "--demo"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        banner = []
+        while not banner or not banner[-1].startswith("health:"):
+            banner.append(lines.get(timeout=60).rstrip("\n"))
+        token = next(x for x in banner if x.startswith("demo project token:")).split()[3]
+        key = next(x for x in banner if x.startswith("demo read key:")).split()[3]
+        assert keys.looks_valid(key)
+        assert (tmp_path / "data" / "demo-key").read_text() == key + "\n"
+        read_curl = next(x for x in banner if "/api/v1/events" in x)
+        assert read_curl == (
+            f"  curl -s 'http://127.0.0.1:{port}/api/v1/events?since=2026-01-01T00:00:00Z' "
+            f"-H 'Authorization: Bearer {key}'"
+        )
+        url = f"http://127.0.0.1:{port}"
+        body = {"token": token, "events": [{"event": "hello", "timestamp": "2026-01-01T00:00:00Z"}]}
+        assert request(url + "/api/v1/ingest/events", method="POST", body=body).status == 202
+        read = url + "/api/v1/events?since=2026-01-01T00:00:00Z"
+        got = poll(
+            lambda: request(read, headers={"Authorization": f"Bearer {key}"}).json()["events"]
+        )
+        assert [(e["event"], e["timestamp"]) for e in got] == [
+            ("hello", "2026-01-01T00:00:00.000Z")
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
