@@ -32,7 +32,8 @@
 
 Reading (a secret read key, ``auth/keys.py``; never a publishable token)::
 
-    GET /api/v1/events · /api/v1/stats/{timeseries,top,active-users}   ingest/read.py
+    GET /api/v1/events · /stats/{timeseries,top,active-users}          ingest/read.py
+        · /sessions · /persons/{id}
         │  key → project (cached) · parameters checked (400 names one)
         ▼
     queries ── SQL for one project only, values bound as server-side  ingest/queries.py

@@ -56,6 +56,7 @@ FILTER_COLUMNS = {
     "user_id": "user_id",
     "anonymous_id": "anonymous_id",
     "session_id": "session_id",
+    "person": "coalesce(user_id, anonymous_id)",  # user_id, else anonymous_id
 }
 
 _PERSON = "coalesce(user_id, anonymous_id)"
@@ -93,6 +94,7 @@ TOP_DIMENSIONS = {
     "utm_medium": _utm("utm_medium"),
     "utm_campaign": _utm("utm_campaign"),
 }
+SESSION_GAP_MS = 30 * 60_000  # events of one person further apart start a new session
 # Accepted by the API but not computed yet: they need user-agent parsing.
 LATER_DIMENSIONS = ("browser", "os", "device_type")
 
@@ -241,3 +243,66 @@ class Reader:
         )
         ((dau, wau, mau),) = await self._ch.query_rows(sql, params)
         return int(dau), int(wau), int(mau)
+
+    async def sessions(
+        self, project: uuid.UUID, window: Window, person: str | None, limit: int
+    ) -> list[tuple]:
+        """Newest first: ``(session_id or None, person, start ms, end ms, events)``.
+
+        An event with a ``session_id`` belongs to that session. Events without one are
+        grouped per person (``coalesce(user_id, anonymous_id)``): a gap of more than
+        :data:`SESSION_GAP_MS` starts a new session. Only events inside the window are
+        seen, so a session crossing ``since`` or ``until`` is cut there."""
+        params = {**_base(project, window), "gap_ms": SESSION_GAP_MS, "limit": limit}
+        where = _WHERE
+        if person is not None:
+            where += f" AND {_PERSON} = {{person:String}}"
+            params["person"] = person
+        sql = (
+            "SELECT sid, who, toUnixTimestamp64Milli(first), toUnixTimestamp64Milli(last), n "
+            "FROM ("
+            # gap sessions: number each person's events, +1 after every long gap
+            " SELECT CAST(NULL AS Nullable(String)) AS sid, person AS who, min(timestamp) AS "
+            " first, max(timestamp) AS last, toUInt64(count()) AS n FROM ("
+            "  SELECT person, timestamp, sum(gap) OVER (PARTITION BY person ORDER BY timestamp,"
+            "   event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS k FROM ("
+            "   SELECT person, timestamp, event_id, toUInt64(ifNull(dateDiff('millisecond', "
+            "    lagInFrame(toNullable(timestamp)) OVER w, timestamp) > {gap_ms:Int64}, 1)) "
+            "    AS gap FROM ("
+            f"    SELECT {_PERSON} AS person, timestamp, event_id FROM {TABLE} FINAL "
+            f"    WHERE {where} AND session_id IS NULL AND person IS NOT NULL)"
+            "   WINDOW w AS (PARTITION BY person ORDER BY timestamp, event_id "
+            "    ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)))"
+            " GROUP BY person, k"
+            " UNION ALL"
+            # given sessions
+            f" SELECT session_id, any({_PERSON}), min(timestamp), max(timestamp), "
+            f" toUInt64(count()) FROM {TABLE} FINAL WHERE {where} AND session_id IS NOT NULL"
+            " GROUP BY session_id"
+            ") ORDER BY first DESC, last DESC, who ASC LIMIT {limit:UInt32} " + self._settings
+        )
+        rows = await self._ch.query_rows(sql, params)
+        return [(sid, who, int(a), int(b), int(n)) for sid, who, a, b, n in rows]
+
+    async def person(self, project: uuid.UUID, window: Window, person: str) -> tuple | None:
+        """``(first ms, last ms, events, user_ids, anonymous_ids, [(event, count)])`` of
+        the events whose person is ``person``, or ``None`` when there are none. The ids
+        seen beside it (an anonymous id on a user's events, …) are what identity
+        stitching will join on; nothing is joined yet."""
+        params = {**_base(project, window), "person": person}
+        where = f"{_WHERE} AND {_PERSON} = {{person:String}}"
+        sql = (
+            "SELECT toUnixTimestamp64Milli(min(timestamp)), toUnixTimestamp64Milli("
+            "max(timestamp)), toUInt64(count()), arraySort(groupUniqArray(100)(user_id)), "
+            f"arraySort(groupUniqArray(100)(anonymous_id)) FROM {TABLE} FINAL WHERE {where} "
+            + self._settings
+        )
+        ((first, last, n, users, anons),) = await self._ch.query_rows(sql, params)
+        if not n:
+            return None
+        sql = (
+            f"SELECT toString(event) AS name, toUInt64(count()) AS n FROM {TABLE} FINAL "
+            f"WHERE {where} GROUP BY name ORDER BY n DESC, name ASC LIMIT 20 " + self._settings
+        )
+        top = [(str(e), int(c)) for e, c in await self._ch.query_rows(sql, params)]
+        return int(first), int(last), int(n), list(users), list(anons), top

@@ -1,4 +1,5 @@
-"""The read API: ``GET /api/v1/events`` and ``/api/v1/stats/{timeseries,top,active-users}``.
+"""The read API: ``GET /api/v1/events``, ``/api/v1/stats/{timeseries,top,active-users}``,
+``/api/v1/sessions`` and ``/api/v1/persons/{id}``.
 
 Enters: a GET with ``Authorization: Bearer sluice_sk_…`` (a secret read key,
 :mod:`auth.keys`) and query parameters. Leaves: JSON (shapes in the README's *Reading
@@ -58,6 +59,8 @@ EVENTS_PATH = "/api/v1/events"
 TIMESERIES_PATH = "/api/v1/stats/timeseries"
 TOP_PATH = "/api/v1/stats/top"
 ACTIVE_USERS_PATH = "/api/v1/stats/active-users"
+SESSIONS_PATH = "/api/v1/sessions"
+PERSON_PATH = "/api/v1/persons/{person_id}"
 
 DEFAULT_WINDOW = timedelta(days=7)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1_000
@@ -307,6 +310,20 @@ def _now_ms() -> int:
 # --- handlers -------------------------------------------------------------------------
 
 
+def _event_item(r: tuple) -> dict[str, Any]:
+    return {
+        "event_id": r[0],
+        "event": r[1],
+        "timestamp": iso(r[2]),
+        "received_at": iso(r[3]),
+        "anonymous_id": r[4],
+        "user_id": r[5],
+        "session_id": r[6],
+        "properties": _stored_json(r[7]),
+        "extras": _stored_json(r[8]),
+    }
+
+
 async def events(
     request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
 ) -> web.Response:
@@ -319,20 +336,7 @@ async def events(
     rows = await side.reader.events(
         project, EventsQuery(window, limit, filters, after, received_after)
     )
-    items = [
-        {
-            "event_id": r[0],
-            "event": r[1],
-            "timestamp": iso(r[2]),
-            "received_at": iso(r[3]),
-            "anonymous_id": r[4],
-            "user_id": r[5],
-            "session_id": r[6],
-            "properties": _stored_json(r[7]),
-            "extras": _stored_json(r[8]),
-        }
-        for r in rows
-    ]
+    items = [_event_item(r) for r in rows]
     last = rows[-1] if len(rows) == limit else None
     next_cursor = encode_cursor(last[2], last[0]) if last is not None else None
     return _json(200, {"events": items, "next_cursor": next_cursor})
@@ -383,6 +387,58 @@ async def active_users(
     return _json(200, {"at": iso(at), "dau": dau, "wau": wau, "mau": mau})
 
 
+async def sessions(
+    request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
+) -> web.Response:
+    window = params.window(_now_ms())
+    limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    rows = await side.reader.sessions(project, window, params.text("person"), limit)
+    items = [
+        {
+            "session_id": sid,
+            "person": who,
+            "start": iso(first),
+            "end": iso(last),
+            "duration_ms": last - first,
+            "events": n,
+        }
+        for sid, who, first, last, n in rows
+    ]
+    return _json(200, {"sessions": items})
+
+
+RECENT_EVENTS = 20  # events shown on a person
+
+
+async def person(
+    request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
+) -> web.Response:
+    person_id = request.match_info["person_id"]
+    if not person_id or len(person_id) > MAX_FILTER_CHARS:
+        raise BadParameter("id", f"the person id must be 1 to {MAX_FILTER_CHARS} characters")
+    window = params.window(_now_ms())
+    found = await side.reader.person(project, window, person_id)
+    if found is None:
+        return _error(404, "no events of this person between since and until")
+    first, last, n, user_ids, anonymous_ids, top_events = found
+    recent = await side.reader.events(
+        project, EventsQuery(window, RECENT_EVENTS, {"person": person_id})
+    )
+    return _json(
+        200,
+        {
+            "id": person_id,
+            "first_seen": iso(first),
+            "last_seen": iso(last),
+            "events": n,
+            "user_ids": user_ids,
+            "anonymous_ids": anonymous_ids,
+            "top_events": [{"event": e, "events": c} for e, c in top_events],
+            "recent_events": [_event_item(r) for r in recent],
+        },
+    )
+
+
 def add_read_routes(app: web.Application, service: Any) -> None:
     """Register the read API on ``app`` (called once, from ``ingest.http.build_app``)."""
     side = ReadSide(service)
@@ -395,4 +451,6 @@ def add_read_routes(app: web.Application, service: Any) -> None:
     app.router.add_get(TIMESERIES_PATH, _read_endpoint({*window, "interval", "event"}, timeseries))
     app.router.add_get(TOP_PATH, _read_endpoint({*window, "by", "limit", "event"}, top))
     app.router.add_get(ACTIVE_USERS_PATH, _read_endpoint({"at"}, active_users))
+    app.router.add_get(SESSIONS_PATH, _read_endpoint({*window, "person", "limit"}, sessions))
+    app.router.add_get(PERSON_PATH, _read_endpoint(window, person))
     app.on_cleanup.append(side.close)

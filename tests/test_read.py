@@ -189,10 +189,12 @@ def test_filters_and_hostile_values_never_reach_another_project(world: World) ->
     assert ids(a.key, event="page_view") == {a.events[i]["uuid"] for i in (0, 1, 3)}
     assert ids(a.key, anonymous_id="anon1", event="page_view") == {a.events[1]["uuid"]}
     assert ids(a.key, session_id="s1") == {a.events[2]["uuid"]}
+    assert ids(a.key, person="anon1") == {a.events[1]["uuid"]}
+    assert ids(a.key, person="shared") == {a.events[3]["uuid"]}
     assert ids(a.key, user_id="u9") == set()  # B's user
     assert ids(a.key, anonymous_id="b-anon") == set()
     for hostile in ("' OR 1=1 --", "x') OR project_id != '", "u1' UNION ALL SELECT *", "\\'"):
-        for name in ("event", "user_id", "anonymous_id", "session_id"):
+        for name in ("event", "user_id", "anonymous_id", "session_id", "person"):
             assert ids(a.key, **{name: hostile}) == set(), (name, hostile)
 
     # the project is never a parameter
@@ -262,6 +264,8 @@ PATHS = [
     ("/api/v1/stats/timeseries", {}),
     ("/api/v1/stats/top", {"by": "event"}),
     ("/api/v1/stats/active-users", {}),
+    ("/api/v1/sessions", {}),
+    ("/api/v1/persons/u1", {}),
 ]
 
 
@@ -565,3 +569,75 @@ def test_make_run_prints_a_read_key_and_a_read_curl_that_works(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+# --- sessions and persons -------------------------------------------------------------
+
+
+def test_sessions_are_session_ids_else_30_minute_gaps_per_person(world: World) -> None:
+    h0, m = world.h0, timedelta(minutes=1)
+    g = [ev("page_view", h0 + 120 * m + k * m, userId="g1") for k in (0, 20, 45, 80)]
+    tagged = ev("page_view", h0 + 150 * m, userId="g1", sessionId="s2")
+    assert world.server.post({"token": world.a.token, "events": [*g, tagged]}).status == 202
+    poll(lambda: len(all_events(world, world.a.key)) == 10)
+
+    def sessions(key: str, **params: Any) -> list[tuple]:
+        response = world.get("/api/v1/sessions", key, **world.window(), **params)
+        assert response.status == 200, response.body
+        return [
+            (s["session_id"], s["person"], s["start"], s["end"], s["duration_ms"], s["events"])
+            for s in response.json()["sessions"]
+        ]
+
+    def at(minutes: int) -> str:
+        return iso(h0 + minutes * m)
+
+    assert sessions(world.a.key, person="g1") == [
+        (None, "g1", at(200), at(200), 0, 1),  # 35 minutes after the one before
+        ("s2", "g1", at(150), at(150), 0, 1),
+        (None, "g1", at(120), at(165), 45 * 60_000, 3),  # gaps of 20 and 25 minutes
+    ]
+    assert sessions(world.a.key) == [
+        (None, "anon2", at(210), at(210), 0, 1),
+        (None, "g1", at(200), at(200), 0, 1),
+        (None, "shared", at(190), at(190), 0, 1),
+        ("s2", "g1", at(150), at(150), 0, 1),
+        (None, "g1", at(120), at(165), 45 * 60_000, 3),
+        ("s1", "u1", at(70), at(70), 0, 1),
+        (None, "anon1", at(20), at(20), 0, 1),
+        (None, "u1", at(10), at(10), 0, 1),
+    ]
+    assert sessions(world.b.key, person="g1") == []
+    assert [s[1] for s in sessions(world.b.key)] == ["b-anon", "u9", "shared"]
+    assert len(sessions(world.a.key, limit=2)) == 2
+
+
+def test_a_person_is_their_events_in_their_project_only(world: World) -> None:
+    a = world.a
+    response = world.get("/api/v1/persons/u1", a.key, **world.window())
+    assert response.status == 200, response.body
+    body = response.json()
+    assert [e["event_id"] for e in body.pop("recent_events")] == [
+        a.events[2]["uuid"],
+        a.events[0]["uuid"],
+    ]
+    assert body == {
+        "id": "u1",
+        "first_seen": a.events[0]["timestamp"],
+        "last_seen": a.events[2]["timestamp"],
+        "events": 2,
+        "user_ids": ["u1"],
+        "anonymous_ids": [],
+        "top_events": [{"event": "page_view", "events": 1}, {"event": "signup", "events": 1}],
+    }
+    shared = world.get("/api/v1/persons/shared", world.b.key, **world.window()).json()
+    assert [e["event_id"] for e in shared["recent_events"]] == [world.b.events[0]["uuid"]]
+    for key, person_id in ((world.b.key, "u1"), (a.key, "u9"), (a.key, "%27%20OR%201%3D1")):
+        response = world.get(f"/api/v1/persons/{person_id}", key, **world.window())
+        assert (response.status, response.json()) == (
+            404,
+            {"error": "no events of this person between since and until"},
+        )
+    response = world.get("/api/v1/persons/" + "x" * 201, a.key)
+    assert (response.status, response.json()["parameter"]) == (400, "id")
+    assert world.get("/api/v1/persons/u1", world.a.token).status == 401
