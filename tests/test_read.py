@@ -197,6 +197,14 @@ def test_filters_and_hostile_values_never_reach_another_project(world: World) ->
         for name in ("event", "user_id", "anonymous_id", "session_id", "person"):
             assert ids(a.key, **{name: hostile}) == set(), (name, hostile)
 
+    # the stats endpoints bind their filter the same way
+    hostile = "page_view' OR 1=1 --"
+    series = world.get("/api/v1/stats/timeseries", a.key, interval="hour", event=hostile,
+                       **window).json()  # fmt: skip
+    assert [p["events"] for p in series["points"]] == [0] * 5
+    assert world.get("/api/v1/stats/top", a.key, by="event", event=hostile).json()["rows"] == []
+    assert world.get("/api/v1/sessions", a.key, person=hostile).json() == {"sessions": []}
+
     # the project is never a parameter
     for name in ("project_id", "project", "token"):
         response = world.get("/api/v1/events", a.key, **{name: str(b.id)})
