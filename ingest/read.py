@@ -220,6 +220,24 @@ class ReadSide:
         self.service = service
         self._keys: Any = None
         self._reader: Reader | None = None
+        self.limited = 0  # queries stopped by a read limit
+        self.failed = 0  # queries that failed otherwise (ClickHouse down, …)
+
+    def counters(self) -> dict[str, tuple[str, float]]:
+        """For ``/metrics`` (``Metrics.add_counters``; each exposed as ``name_total``)."""
+        cache = self._keys
+        return {
+            "sluice_read_key_cache_hits": (
+                "Read-key lookups answered from cache",
+                cache.hits if cache else 0,
+            ),
+            "sluice_read_key_cache_misses": (
+                "Read-key lookups sent to Postgres",
+                cache.misses if cache else 0,
+            ),
+            "sluice_read_queries_limited": ("Read queries stopped by a read limit", self.limited),
+            "sluice_read_queries_failed": ("Read queries that failed otherwise", self.failed),
+        }
 
     @property
     def keys(self) -> Any:
@@ -284,19 +302,23 @@ def _read_endpoint(allowed: set[str], handler: Handler) -> Callable[..., Any]:
         except ClickHouseError as exc:
             limit = limit_hit(exc)
             if limit is not None:
+                side.limited += 1
                 return _error(
                     503,
                     f"the query was stopped at its {limit} limit: "
                     "narrow since/until or add a filter",
                     limit=limit,
                 )
+            side.failed += 1
             log.warning("read_query_failed", error=str(exc)[:300], transient=exc.transient)
             if exc.transient:
                 return _json(503, {"error": "ClickHouse unavailable; retry"}, {"Retry-After": "5"})
             return _error(500, "internal server error")
         except TimeoutError:
+            side.failed += 1
             return _error(503, "the query took too long: narrow since/until or add a filter")
         except Exception as exc:
+            side.failed += 1
             log.exception("read_failed", error=str(exc)[:300])
             return _error(500, "internal server error")
 
@@ -443,6 +465,9 @@ def add_read_routes(app: web.Application, service: Any) -> None:
     """Register the read API on ``app`` (called once, from ``ingest.http.build_app``)."""
     side = ReadSide(service)
     app[READ] = side
+    metrics = getattr(service, "metrics", None)
+    if metrics is not None:
+        metrics.add_counters(side.counters)
     window = {"since", "until"}
     app.router.add_get(
         EVENTS_PATH,

@@ -434,6 +434,8 @@ def test_a_query_stopped_by_a_read_limit_is_a_json_503(
             "limit": "max_memory_usage",
         }
     assert world.server.healthz().status == 200  # ingest is not affected
+    scraped = request(world.server.url + "/metrics").body.decode()
+    assert "sluice_read_queries_limited_total 2.0" in scraped.splitlines()
 
 
 # --- the command line -----------------------------------------------------------------
