@@ -13,8 +13,9 @@ events* section). Each handler does, in order:
 3. **query** (:mod:`ingest.queries`) for the key's project only — the project is never a
    parameter, and a cursor only carries a position (a time and an event id), so a
    cursor made from another project's events selects this project's events before that
-   position. A query stopped by a read limit: 503 ``{"error", "limit"}``; ClickHouse
-   unreachable: 503; anything else: 500. Never a traceback.
+   position. A person with no events in the window: 404. A query stopped by a read
+   limit: 503 ``{"error", "limit"}``; ClickHouse unreachable: 503 with ``Retry-After``;
+   anything else: 500. Every answer is JSON with a reason, never a traceback.
 
 Dependencies point one way: ``ingest/http.py`` calls :func:`add_read_routes` from
 ``build_app``; this module uses :mod:`ingest.queries` (SQL) and :mod:`auth.keys`;
@@ -41,6 +42,7 @@ import structlog
 from aiohttp import web
 
 from auth import keys, tokens
+from auth.resolver import TokenResolver
 from ingest.queries import (
     FILTER_COLUMNS,
     LATER_DIMENSIONS,
@@ -218,7 +220,7 @@ class ReadSide:
 
     def __init__(self, service: Any) -> None:
         self.service = service
-        self._keys: Any = None
+        self._keys: TokenResolver | None = None
         self._reader: Reader | None = None
         self.limited = 0  # queries stopped by a read limit
         self.failed = 0  # queries that failed otherwise (ClickHouse down, …)
@@ -240,7 +242,7 @@ class ReadSide:
         }
 
     @property
-    def keys(self) -> Any:
+    def key_cache(self) -> TokenResolver:
         if self._keys is None:
             svc = self.service
             self._keys = keys.resolver(svc.pool, svc.config.token_cache_ttl)
@@ -284,7 +286,7 @@ def _read_endpoint(allowed: set[str], handler: Handler) -> Callable[..., Any]:
                 401, "a publishable token cannot read: use a secret read key (sluice_sk_…)"
             )
         try:
-            project = await side.keys.resolve(key)
+            project = await side.key_cache.resolve(key)
         except Exception as exc:
             log.error("read_key_lookup_failed", error=str(exc)[:300])
             return _error(500, "internal server error")
