@@ -62,7 +62,7 @@ TIMESERIES_PATH = "/api/v1/stats/timeseries"
 TOP_PATH = "/api/v1/stats/top"
 ACTIVE_USERS_PATH = "/api/v1/stats/active-users"
 SESSIONS_PATH = "/api/v1/sessions"
-PERSON_PATH = "/api/v1/persons/{person_id}"
+PERSON_PATH = "/api/v1/persons/{person_id:.+}"  # an id may hold a (%2F-encoded) slash
 
 DEFAULT_WINDOW = timedelta(days=7)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1_000

@@ -648,6 +648,12 @@ def test_a_person_is_their_events_in_their_project_only(world: World) -> None:
             404,
             {"error": "no events of this person between since and until"},
         )
+    odd = "team/ä 1?x=%"  # any id the ingest takes, URL-encoded in the path
+    sent = ev("page_view", world.h0 + timedelta(minutes=5), userId=odd)
+    assert world.server.post({"token": a.token, "events": [sent]}).status == 202
+    path = "/api/v1/persons/" + urllib.parse.quote(odd, safe="")
+    got = poll(lambda: world.get(path, a.key, **world.window()).json().get("recent_events"))
+    assert [e["event_id"] for e in got] == [sent["uuid"]]
     response = world.get("/api/v1/persons/" + "x" * 201, a.key)
     assert (response.status, response.json()["parameter"]) == (400, "id")
     assert world.get("/api/v1/persons/u1", world.a.token).status == 401
