@@ -13,8 +13,8 @@ safe in a web page, append-only) a read key reads everything its project holds: 
 belongs on a server or an operator's machine. The two live in different tables and have
 different prefixes, so neither can ever resolve as the other.
 
-The hot-path cache is :class:`auth.resolver.TokenResolver` itself, built with
-``looks_valid=keys.looks_valid`` (see :func:`resolver`): same TTL
+The hot-path cache (:class:`KeyCache`) is :class:`auth.resolver.TokenResolver` itself,
+built with ``looks_valid=keys.looks_valid``: same TTL
 (``INGEST_TOKEN_CACHE_TTL``: a revoked key stops working within it), negative cache,
 coalescing and stale-on-error.
 """
@@ -132,11 +132,32 @@ async def touch_last_used(pool: asyncpg.Pool, key_id: uuid.UUID, at: datetime) -
     )
 
 
-def resolver(pool: asyncpg.Pool, ttl: float) -> TokenResolver:
-    """The cached resolver for read keys (resolves to the project id as an int)."""
-    return TokenResolver(
-        lambda key: lookup(pool, key),
-        lambda resolved: touch_last_used(pool, resolved.token_id, utcnow()),
-        ttl=ttl,
-        looks_valid=looks_valid,
-    )
+class KeyCache:
+    """The read key → project cache: :class:`auth.resolver.TokenResolver` (TTL, negative
+    cache, coalescing, stale-on-error) with the read-key shape check. Callers see only
+    :meth:`project`, so the resolver's own return type stays this package's business."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float) -> None:
+        self.resolver = TokenResolver(
+            lambda key: lookup(pool, key),
+            lambda resolved: touch_last_used(pool, resolved.token_id, utcnow()),
+            ttl=ttl,
+            looks_valid=looks_valid,
+        )
+
+    async def project(self, key: str) -> uuid.UUID | None:
+        """The key's project, or ``None`` when the key is not usable. Raises when
+        Postgres fails and nothing is cached (→ 500, never 401)."""
+        project_id = await self.resolver.resolve(key)
+        return None if project_id is None else uuid.UUID(int=project_id)
+
+    @property
+    def hits(self) -> int:
+        return self.resolver.hits
+
+    @property
+    def misses(self) -> int:
+        return self.resolver.misses
+
+    async def close(self) -> None:
+        await self.resolver.close()

@@ -11,7 +11,7 @@ the pipeline's row form) or ``None`` for "not usable" (→ 401).
 * If Postgres fails while a *positive* entry is stale, the stale entry is served (ingest
   keeps working through a Postgres outage); with no entry at all the error propagates
   (→ 500, never 401: the token may be fine).
-* The same class serves read keys (:func:`auth.keys.resolver`): it takes the shape
+* The same class serves read keys (:class:`auth.keys.KeyCache`): it takes the shape
   check (``looks_valid``) as a parameter; everything else is the same.
 * ``last_used_at`` is stamped at most once per ``touch_interval`` per token, in the
   background; a failed stamp is logged and forgotten.

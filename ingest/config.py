@@ -75,15 +75,15 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "LOG_LEVEL": ("log_level", "info"),
     "LOG_FORMAT": ("log_format", "json"),
     # The read API (ingest/read.py): every read query runs under these ClickHouse limits.
-    "READ_MAX_EXECUTION_TIME": ("read_max_execution_time", "5s"),
-    "READ_MAX_MEMORY_BYTES": ("read_max_memory_bytes", "536870912"),
+    "QUERY_MAX_EXECUTION_TIME": ("query_max_execution_time", "5s"),
+    "QUERY_MAX_MEMORY_BYTES": ("query_max_memory_bytes", "536870912"),
 }
 _FIELD_TO_VAR = {field: var for var, (field, _) in ENV_VARS.items()}
 _DURATION_FIELDS = (
     "flush_interval",
     "shutdown_grace",
     "token_cache_ttl",
-    "read_max_execution_time",
+    "query_max_execution_time",
 )
 _EXPECTED = {
     "port": "an integer from 1 to 65535",
@@ -93,7 +93,7 @@ _EXPECTED = {
     "wal_max_bytes": "a positive integer (bytes)",
     "dlq_drain_batch_limit": "a positive integer",
     "dlq_depth_503_threshold": "a non-negative integer",
-    "read_max_memory_bytes": "a positive integer (bytes)",
+    "query_max_memory_bytes": "a positive integer (bytes)",
 }
 
 
@@ -122,8 +122,8 @@ class Config(BaseModel):
     allowed_origins: tuple[str, ...]
     log_level: str
     log_format: str
-    read_max_execution_time: float
-    read_max_memory_bytes: int
+    query_max_execution_time: float
+    query_max_memory_bytes: int
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -159,7 +159,7 @@ class Config(BaseModel):
         "max_body_bytes",
         "dlq_drain_batch_limit",
         "wal_max_bytes",
-        "read_max_memory_bytes",
+        "query_max_memory_bytes",
     )
     @classmethod
     def _positive(cls, value: int) -> int:

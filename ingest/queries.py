@@ -16,8 +16,8 @@ Rules every query here follows:
   the SQL, so no filter, cursor or crafted value can reach another project's rows.
 * **Bounded in time.** Every query has ``timestamp >= since AND timestamp < until``.
 * **Bounded in cost.** Every query ends with :func:`settings_clause`:
-  ``max_execution_time``, ``max_memory_usage`` (``READ_MAX_EXECUTION_TIME``,
-  ``READ_MAX_MEMORY_BYTES``), ``max_threads``, ``max_result_rows`` with
+  ``max_execution_time``, ``max_memory_usage`` (``QUERY_MAX_EXECUTION_TIME``,
+  ``QUERY_MAX_MEMORY_BYTES``), ``max_threads``, ``max_result_rows`` with
   ``result_overflow_mode = 'throw'``. The embedded engine serves one call at a time,
   ingest inserts included: a read may delay a flush by at most its time limit.
 * **Client retries counted once.** A client retry is a second row with the same sort

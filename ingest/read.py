@@ -42,7 +42,6 @@ import structlog
 from aiohttp import web
 
 from auth import keys, tokens
-from auth.resolver import TokenResolver
 from ingest.queries import (
     FILTER_COLUMNS,
     LATER_DIMENSIONS,
@@ -220,7 +219,7 @@ class ReadSide:
 
     def __init__(self, service: Any) -> None:
         self.service = service
-        self._keys: TokenResolver | None = None
+        self._keys: keys.KeyCache | None = None
         self._reader: Reader | None = None
         self.limited = 0  # queries stopped by a read limit
         self.failed = 0  # queries that failed otherwise (ClickHouse down, …)
@@ -242,17 +241,17 @@ class ReadSide:
         }
 
     @property
-    def key_cache(self) -> TokenResolver:
+    def key_cache(self) -> keys.KeyCache:
         if self._keys is None:
             svc = self.service
-            self._keys = keys.resolver(svc.pool, svc.config.token_cache_ttl)
+            self._keys = keys.KeyCache(svc.pool, svc.config.token_cache_ttl)
         return self._keys
 
     @property
     def reader(self) -> Reader:
         if self._reader is None:
             config = self.service.config
-            limits = ReadLimits(config.read_max_execution_time, config.read_max_memory_bytes)
+            limits = ReadLimits(config.query_max_execution_time, config.query_max_memory_bytes)
             self._reader = Reader(self.service.clickhouse, limits)
         return self._reader
 
@@ -260,7 +259,7 @@ class ReadSide:
     def query_timeout(self) -> float:
         """A query's own limit plus slack for the transport (the embedded engine may be
         busy with an insert first)."""
-        return self.service.config.read_max_execution_time + 10.0
+        return self.service.config.query_max_execution_time + 10.0
 
     async def close(self, _app: web.Application | None = None) -> None:
         if self._keys is not None:
@@ -286,13 +285,12 @@ def _read_endpoint(allowed: set[str], handler: Handler) -> Callable[..., Any]:
                 401, "a publishable token cannot read: use a secret read key (sluice_sk_…)"
             )
         try:
-            project = await side.key_cache.resolve(key)
+            project_id = await side.key_cache.project(key)
         except Exception as exc:
             log.error("read_key_lookup_failed", error=str(exc)[:300])
             return _error(500, "internal server error")
-        if project is None:
+        if project_id is None:
             return _error(401, "unauthorized: unknown or revoked read key")
-        project_id = uuid.UUID(int=project)
         request["log"]["project"] = str(project_id)
         try:
             params = Params(request.query, allowed_names)

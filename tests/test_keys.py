@@ -109,15 +109,15 @@ def test_resolver_caches_keys_and_raises_when_postgres_fails(own_pg: Postgres) -
             await postgres_up(pool)
             project_id, token = await projects.create_project(pool, "shop")
             _, key = await keys.create_key(pool, project_id)
-            resolver = keys.resolver(pool, ttl=0.001)
-            assert await resolver.resolve(key) == project_id.int
-            assert await resolver.resolve(token) is None  # publishable: not even a query
-            assert resolver.misses == 1
+            cache = keys.KeyCache(pool, ttl=0.001)
+            assert await cache.project(key) == project_id
+            assert await cache.project(token) is None  # publishable: not even a query
+            assert (cache.hits, cache.misses) == (0, 1)
             own_pg.stop()
             fresh = keys.generate()
             with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
-                await resolver.resolve(fresh)  # nothing cached: an error, never "no"
-            await resolver.close()
+                await cache.project(fresh)  # nothing cached: an error, never "no"
+            await cache.close()
         finally:
             own_pg.start()
             await pool.close()

@@ -113,7 +113,7 @@ def build_world(start_server: Callable[..., Server], dsn: str, **env: str) -> Wo
         response = server.post({"token": project.token, "events": project.events})
         assert response.status == 202, response.body
     world = World(server, dsn, a, b, h0)
-    if env.get("READ_MAX_MEMORY_BYTES") is None:
+    if env.get("QUERY_MAX_MEMORY_BYTES") is None:
         for project in (a, b):
             poll(lambda p=project: len(all_events(world, p.key)) == len(p.events))
     return world
@@ -420,7 +420,7 @@ def flushed(server: Server) -> float:
 def test_a_query_stopped_by_a_read_limit_is_a_json_503(
     start_server: Callable[..., Server], database_url: str
 ) -> None:
-    world = build_world(start_server, database_url, READ_MAX_MEMORY_BYTES="1000")
+    world = build_world(start_server, database_url, QUERY_MAX_MEMORY_BYTES="1000")
     poll(lambda: flushed(world.server) == 8)  # reads cannot tell us here: wait for the flush
     # (a query small enough to stay under 1,000 bytes, like `top` over 5 rows, may pass:
     # ClickHouse tracks memory in chunks; reading events and filling buckets never does)
