@@ -1,14 +1,14 @@
 """Projects and publishable tokens. Nothing outside this package knows how a token looks.
 
+* :mod:`auth.keys` — secret read keys (``sluice_sk_`` + 192 bits, sha256 stored, table
+  ``read_keys``): create/list/revoke/lookup, and the same cache in front of them. A
+  publishable token can never read; a read key can never ingest.
 * :mod:`auth.tokens` — the token format: ``sluice_pub_`` + 32 url-safe characters
   (192 random bits), stored only as its sha256.
 * :mod:`auth.projects` — create/list/soft-delete projects; issue/list/revoke tokens;
   :func:`auth.projects.lookup` resolves a plaintext token to its project.
 * :mod:`auth.resolver` — the hot-path cache in front of ``lookup`` (TTL, negative cache,
   stale-on-error, throttled ``last_used_at``).
-* :mod:`auth.keys` — secret read keys (``sluice_sk_`` + 192 bits, sha256 stored, table
-  ``read_keys``): create/list/revoke/lookup, and the same cache in front of them. A
-  publishable token can never read; a read key can never ingest.
 
 A token that is missing, malformed, unknown, revoked or belongs to a deleted project
 resolves to "no project" (a 401 later). A Postgres failure raises: that is a 5xx, never a

@@ -11,8 +11,6 @@ the pipeline's row form) or ``None`` for "not usable" (→ 401).
 * If Postgres fails while a *positive* entry is stale, the stale entry is served (ingest
   keeps working through a Postgres outage); with no entry at all the error propagates
   (→ 500, never 401: the token may be fine).
-* The same class serves read keys (:class:`auth.keys.KeyCache`): it takes the shape
-  check (``looks_valid``) as a parameter; everything else is the same.
 * ``last_used_at`` is stamped at most once per ``touch_interval`` per token, in the
   background; a failed stamp is logged and forgotten.
 """
@@ -60,7 +58,9 @@ class TokenResolver:
         looks_valid: Callable[[str], bool] = tokens.looks_valid,
     ) -> None:
         self._lookup = lookup
-        self._looks_valid = looks_valid  # the cheap shape check (auth.keys for read keys)
+        # The cheap shape check: publishable tokens by default; auth.keys.KeyCache passes
+        # the read-key shape and otherwise uses this class as it is.
+        self._looks_valid = looks_valid
         self._touch = touch
         self._ttl = ttl
         self._negative_ttl = negative_ttl

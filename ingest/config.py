@@ -87,13 +87,13 @@ _DURATION_FIELDS = (
 )
 _EXPECTED = {
     "port": "an integer from 1 to 65535",
+    "query_max_memory_bytes": "a positive integer (bytes)",
     "event_buffer": "a positive integer",
     "flush_events": "a positive integer",
     "max_body_bytes": "a positive integer",
     "wal_max_bytes": "a positive integer (bytes)",
     "dlq_drain_batch_limit": "a positive integer",
     "dlq_depth_503_threshold": "a non-negative integer",
-    "query_max_memory_bytes": "a positive integer (bytes)",
 }
 
 
@@ -118,12 +118,12 @@ class Config(BaseModel):
     max_body_bytes: int
     dlq_drain_batch_limit: int
     token_cache_ttl: float
+    query_max_execution_time: float
+    query_max_memory_bytes: int
     dlq_depth_503_threshold: int
     allowed_origins: tuple[str, ...]
     log_level: str
     log_format: str
-    query_max_execution_time: float
-    query_max_memory_bytes: int
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
