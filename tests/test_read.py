@@ -395,6 +395,9 @@ def test_hourly_counts_equal_a_direct_count_over_the_raw_table(
         == 202
     )
     data_dir = world.server.data_dir
+    poll(lambda: flushed(world.server) == 9)  # the retry is stored: a row of its own
+    listed = all_events(world, a.key)
+    assert sorted(e["event_id"] for e in listed) == sorted(a.ids)  # ... read once (FINAL)
     api = world.get("/api/v1/stats/timeseries", a.key, interval="hour", **world.window()).json()
     assert world.server.stop() == 0
 
