@@ -1,5 +1,8 @@
 """Projects and publishable tokens. Nothing outside this package knows how a token looks.
 
+* :mod:`auth.keys` — secret read keys (``sluice_sk_`` + 192 bits, sha256 stored, table
+  ``read_keys``): create/list/revoke/lookup, and the same cache in front of them. A
+  publishable token can never read; a read key can never ingest.
 * :mod:`auth.tokens` — the token format: ``sluice_pub_`` + 32 url-safe characters
   (192 random bits), stored only as its sha256.
 * :mod:`auth.projects` — create/list/soft-delete/pause projects; issue/list/revoke tokens;

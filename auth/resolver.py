@@ -80,8 +80,12 @@ class TokenResolver:
         max_known: int = MAX_KNOWN,
         max_unknown: int = MAX_UNKNOWN,
         clock: Callable[[], float] = time.monotonic,
+        looks_valid: Callable[[str], bool] = tokens.looks_valid,
     ) -> None:
         self._lookup = lookup
+        # The cheap shape check: publishable tokens by default; auth.keys.KeyCache passes
+        # the read-key shape and otherwise uses this class as it is.
+        self._looks_valid = looks_valid
         self._touch = touch
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -109,7 +113,7 @@ class TokenResolver:
     async def resolve(self, token: str) -> Access | None:
         """What ``token`` grants, or ``None``. Raises when Postgres fails and no cached
         answer may be given."""
-        if not tokens.looks_valid(token):
+        if not self._looks_valid(token):
             return None
         now = self._clock()
         entry = self._known.get(token)

@@ -39,6 +39,16 @@
                 path, backoff on transient errors, bisect +
                 quarantine permanent ones
 
+Reading (a secret read key, ``auth/keys.py``; never a publishable token)::
+
+    GET /api/v1/events · /stats/{timeseries,top,active-users}          ingest/read.py
+        · /sessions · /persons/{id}
+        │  key → project (cached) · parameters checked (400 names one)
+        ▼
+    queries ── SQL for one project only, values bound as server-side  ingest/queries.py
+               parameters, FINAL for client retries, ClickHouse read limits
+               (time, memory, threads, result rows) on every query
+
 Around it: process flags read by the hot path (``state.py``), metrics (``metrics.py``),
 configuration (``config.py``), logging (``logs.py``), the composition root, the boot
 recovery and the one-deadline shutdown (``app.py``), and the ``sluice`` command line

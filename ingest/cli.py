@@ -1,4 +1,5 @@
-"""The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``dlq``.
+"""The ``sluice`` command line: ``serve``, ``migrate``, ``projects``, ``tokens``, ``keys``,
+``dlq``, ``wal``, and the read side's clients ``events tail`` and ``stats``.
 
 Exit codes: 0 success, 1 a store failed or the thing asked for does not exist (also:
 the migration files are missing, or a read-only command met an unmigrated database), 2
@@ -30,6 +31,10 @@ from storage.urls import mask_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Access = Literal["read", "write", "schema"]  # what a command does to Postgres
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing (exit 2)."""
 
 
 class CliError(Exception):
@@ -183,6 +188,7 @@ async def _demo_banner(service: Any) -> None:
         _, token = await projects.create_project(service.pool, "demo")
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
+    key, key_file = await _demo_key(service, token)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}/api/v1/ingest/events"
     body = (
@@ -191,8 +197,28 @@ async def _demo_banner(service: Any) -> None:
     )
     print(f"\nSluice is listening on http://{host}:{config.port}")
     print(f"demo project token: {token}   (kept in {token_file})")
+    print(f"demo read key:      {key}   (kept in {key_file}; secret: reads every event)")
     print(f"try:\n  curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'")
+    read_url = f"http://{host}:{config.port}/api/v1/events?since=2026-01-01T00:00:00Z"
+    print(f"  curl -s '{read_url}' -H 'Authorization: Bearer {key}'")
     print(f"health: curl -s http://{host}:{config.port}/healthz\n", flush=True)
+
+
+async def _demo_key(service: Any, token: str) -> tuple[str, Path]:
+    """The demo project's read key (``data/demo-key``), created when missing or unusable."""
+    from auth import keys, projects
+
+    key_file = service.config.data_dir / "demo-key"
+    key = key_file.read_text().strip() if key_file.exists() else None
+    resolved = await projects.lookup(service.pool, token)
+    assert resolved is not None  # the banner made sure the token is usable
+    found = await keys.lookup(service.pool, key) if key else None
+    if found is None or found.project_id != resolved.project_id:
+        _, key = await keys.create_key(service.pool, resolved.project_id)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+    assert key is not None
+    return key, key_file
 
 
 async def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
@@ -371,6 +397,41 @@ async def cmd_tokens(config: Config, args: argparse.Namespace) -> int:
     return await _with_pool(config, run, access="read" if args.action == "list" else "write")
 
 
+async def cmd_keys(config: Config, args: argparse.Namespace) -> int:
+    """Secret read keys (``sluice_sk_…``) for the read API."""
+    from auth import keys, projects
+
+    async def run(pool: Any) -> int:
+        try:
+            if args.action == "create":
+                project_id = _uuid(args.project_id, "project id")
+                key_id, key = await keys.create_key(pool, project_id)
+                if args.json:
+                    out_json({"project_id": str(project_id), "key_id": str(key_id), "key": key})
+                else:
+                    print(f"key {key}\nid  {key_id}")
+                    print("The key is shown only now; it is stored as a hash. It reads every "
+                          "event of the project: keep it secret.")  # fmt: skip
+            elif args.action == "list":
+                rows = await keys.list_keys(pool, _uuid(args.project_id, "project id"))
+                if args.json:
+                    out_json(rows)
+                else:
+                    out_table(rows, ["id", "key", "created_at", "revoked_at", "last_used_at"])
+            else:
+                key_id = await keys.revoke_key(pool, args.key_or_id)
+                if args.json:
+                    out_json({"key_id": str(key_id), "revoked": True})
+                else:
+                    print(f"read key {key_id} revoked (servers stop accepting it within "
+                          "INGEST_TOKEN_CACHE_TTL)")  # fmt: skip
+        except projects.NotFound as exc:
+            raise CliError(str(exc)) from None
+        return EXIT_OK
+
+    return await _with_pool(config, run, access="read" if args.action == "list" else "write")
+
+
 async def cmd_dlq(config: Config, args: argparse.Namespace) -> int:
     from ingest.deadletter import DeadLetter
 
@@ -491,6 +552,130 @@ async def cmd_wal(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- clients of a running server's read API (events tail, stats) ------------------------
+
+TAIL_LAG_MS = 300_000  # events received this long before a poll are still looked for:
+# an event is readable only once its batch is flushed (INGEST_FLUSH_INTERVAL) or replayed
+TAIL_WINDOW_MS = 7 * 86_400_000  # event timestamps looked at: the API's default window
+TAIL_FUTURE_MS = 86_400_000  # ingest clamps timestamps more than a day ahead of receipt
+TAIL_PAGES = 10  # pages of 1,000 read per poll at most
+
+
+class ReadClient:
+    """The read API of a running server, with the key and URL the command was given."""
+
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        key = args.key or os.environ.get("SLUICE_KEY", "")
+        if not key:
+            raise UsageError("no read key: pass --key or set SLUICE_KEY (sluice keys create)")
+        self.key = key
+        self.url = (args.url or f"http://127.0.0.1:{config.port}").rstrip("/")
+
+    async def get(self, session: Any, path: str, params: dict[str, str]) -> dict[str, Any]:
+        import aiohttp
+
+        try:
+            async with session.get(
+                self.url + path, params=params, headers={"Authorization": f"Bearer {self.key}"}
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CliError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if status != 200 or not isinstance(data, dict):
+            reason = data.get("error") if isinstance(data, dict) else body[:200].decode("replace")
+            raise CliError(f"{self.url}{path} answered {status}: {reason}")
+        return data
+
+    def session(self) -> Any:
+        import aiohttp
+
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+async def cmd_events(config: Config, args: argparse.Namespace) -> int:
+    """``events tail``: poll the server's ``/api/v1/events`` every second and print the
+    events received since the command started, oldest first, each once."""
+    from ingest.read import iso
+
+    client = ReadClient(config, args)
+    started = _now_ms()
+    print(f"sluice: tailing {client.url} for events received from {iso(started)} "
+          "(Ctrl-C stops)", file=sys.stderr, flush=True)  # fmt: skip
+    seen: dict[str, int] = {}  # event id → when received (ms)
+    async with client.session() as session:
+        while True:
+            now = _now_ms()
+            after = max(started - 1, now - TAIL_LAG_MS)
+            params = {
+                "received_after": iso(after),
+                "since": iso(now - TAIL_WINDOW_MS),
+                "until": iso(now + TAIL_FUTURE_MS),
+                "limit": "1000",
+            }
+            found: list[dict[str, Any]] = []
+            for _ in range(TAIL_PAGES):
+                page = await client.get(session, "/api/v1/events", params)
+                found.extend(page["events"])
+                if not page.get("next_cursor"):
+                    break
+                params["cursor"] = page["next_cursor"]
+            fresh = [e for e in found if e["event_id"] not in seen]
+            fresh.sort(key=lambda e: (e["received_at"], e["timestamp"], e["event_id"]))
+            for item in fresh:
+                seen[item["event_id"]] = now
+                if args.json:
+                    sys.stdout.write(orjson.dumps(item).decode() + "\n")
+                else:
+                    who = item["user_id"] or item["anonymous_id"] or "-"
+                    props = orjson.dumps(item["properties"]).decode()
+                    print(f"{item['timestamp']}  {item['event']}  {who}  {props}")
+            sys.stdout.flush()
+            for event_id in [k for k, at in seen.items() if at < after - TAIL_LAG_MS]:
+                del seen[event_id]
+            await asyncio.sleep(1.0)
+
+
+async def cmd_stats(config: Config, args: argparse.Namespace) -> int:
+    """``stats``: active users, events per day for the last 7 days, top events and
+    paths — through the running server's read API."""
+    client = ReadClient(config, args)
+    async with client.session() as session:
+        active = await client.get(session, "/api/v1/stats/active-users", {})
+        series = await client.get(session, "/api/v1/stats/timeseries", {"interval": "day"})
+        events = await client.get(session, "/api/v1/stats/top", {"by": "event"})
+        paths = await client.get(session, "/api/v1/stats/top", {"by": "path"})
+    if args.json:
+        out_json(
+            {
+                "active_users": active,
+                "timeseries": series,
+                "top_events": events["rows"],
+                "top_paths": paths["rows"],
+            }
+        )
+        return EXIT_OK
+    print(f"active users at {active['at']}: {active['dau']} today (24 h), "
+          f"{active['wau']} in 7 days, {active['mau']} in 30 days")  # fmt: skip
+    print("\nevents per day (UTC):")
+    out_table(series["points"], ["t", "events", "users"])
+    print("\ntop events (7 days):")
+    out_table(events["rows"], ["value", "events", "users"])
+    print("\ntop paths (7 days):")
+    out_table(paths["rows"], ["value", "events", "users"])
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
         out_json(data)
@@ -562,6 +747,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_json(tokens.add_parser("revoke", help="revoke a token"))
     revoke.add_argument("token_or_id", help="the token itself, or its id")
 
+    keys = sub.add_parser("keys", help="secret read keys for the read API").add_subparsers(
+        dest="action", required=True
+    )
+    kcreate = with_json(keys.add_parser("create", help="a new read key (sluice_sk_…, shown once)"))
+    kcreate.add_argument("project_id")
+    klist = with_json(keys.add_parser("list", help="list a project's keys, masked (read-only)"))
+    klist.add_argument("project_id")
+    krevoke = with_json(keys.add_parser("revoke", help="revoke a read key"))
+    krevoke.add_argument("key_or_id", help="the key itself, or its id")
+
     dlq = sub.add_parser("dlq", help="inspect and steer the dead-letter queue").add_subparsers(
         dest="action", required=True
     )
@@ -591,6 +786,22 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", metavar="AGE", help="quarantined before AGE ago: 30d, 12h")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    def with_client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--key", help="a secret read key (default: $SLUICE_KEY)")
+        p.add_argument(
+            "--url", help="the running server (default: http://127.0.0.1:$PORT)", metavar="URL"
+        )
+        return with_json(p)
+
+    events = sub.add_parser("events", help="read events through a running server")
+    tail = events.add_subparsers(dest="action", required=True).add_parser(
+        "tail",
+        help="print events as they land (polls /api/v1/events every second); --json: one "
+        "JSON object per line",
+    )
+    with_client(tail)
+    with_client(sub.add_parser("stats", help="a summary of a project through a running server"))
+
     wal = sub.add_parser("wal", help="inspect the write-ahead log").add_subparsers(
         dest="action", required=True
     )
@@ -607,8 +818,11 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "projects": cmd_projects,
     "tokens": cmd_tokens,
+    "keys": cmd_keys,
     "dlq": cmd_dlq,
     "wal": cmd_wal,
+    "events": cmd_events,
+    "stats": cmd_stats,
 }
 
 
@@ -645,6 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BootError, CliError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except UsageError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -80,11 +80,20 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "INGEST_READ_CONCURRENCY": ("read_concurrency", "32"),
     "LOG_LEVEL": ("log_level", "info"),
     "LOG_FORMAT": ("log_format", "json"),
+    # The read API (ingest/read.py): every read query runs under these ClickHouse limits.
+    "QUERY_MAX_EXECUTION_TIME": ("query_max_execution_time", "5s"),
+    "QUERY_MAX_MEMORY_BYTES": ("query_max_memory_bytes", "536870912"),
 }
 _FIELD_TO_VAR = {field: var for var, (field, _) in ENV_VARS.items()}
-_DURATION_FIELDS = ("flush_interval", "shutdown_grace", "token_cache_ttl")
+_DURATION_FIELDS = (
+    "flush_interval",
+    "shutdown_grace",
+    "token_cache_ttl",
+    "query_max_execution_time",
+)
 _EXPECTED = {
     "port": "an integer from 1 to 65535",
+    "query_max_memory_bytes": "a positive integer (bytes)",
     "event_buffer": "a positive integer",
     "flush_events": "a positive integer",
     "max_body_bytes": "a positive integer",
@@ -118,6 +127,8 @@ class Config(BaseModel):
     max_body_bytes: int
     dlq_drain_batch_limit: int
     token_cache_ttl: float
+    query_max_execution_time: float
+    query_max_memory_bytes: int
     dlq_depth_503_threshold: int
     allowed_origins: tuple[str, ...]
     log_level: str
@@ -157,7 +168,12 @@ class Config(BaseModel):
         return value
 
     @field_validator(
-        "event_buffer", "flush_events", "max_body_bytes", "dlq_drain_batch_limit", "wal_max_bytes"
+        "event_buffer",
+        "flush_events",
+        "max_body_bytes",
+        "dlq_drain_batch_limit",
+        "wal_max_bytes",
+        "query_max_memory_bytes",
     )
     @classmethod
     def _positive(cls, value: int) -> int:

@@ -543,4 +543,9 @@ def build_app(service: Any) -> web.Application:
     add_sdk_routes(app, sdk_accept, service.config.max_body_bytes, _precheck, _read_any_body)
     for path in SDK_PATHS:
         app.router.add_route("OPTIONS", path, preflight)
+
+    # --- the read API (ingest/read.py: GET /api/v1/events, /api/v1/stats/*) -------------
+    from ingest.read import add_read_routes  # imported here: the whole hook is this hunk
+
+    add_read_routes(app, service)
     return app
