@@ -7,14 +7,16 @@ import asyncio
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from support import Postgres, Server
 
 from auth import projects
-from storage.migrations import postgres_up
+from storage.clickhouse import ClickHouse, open_clickhouse
+from storage.migrations import clickhouse_up, postgres_up
 from storage.postgres import create_pool
 
 
@@ -50,6 +52,24 @@ def make_project(dsn: str, name: str = "test") -> tuple[uuid.UUID, str]:
             await pool.close()
 
     return asyncio.run(run())
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated pool on this test's database."""
+    pool = await create_pool(database_url, retry_for=5)
+    await postgres_up(pool)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
+    """A migrated embedded ClickHouse of this test's own."""
+    store = await open_clickhouse(f"chdb://{tmp_path / 'ch'}")
+    await clickhouse_up(store)
+    yield store
+    await store.close()
 
 
 @pytest.fixture

@@ -10,12 +10,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import asyncpg
-import pytest
 from support import free_port
 
 from ingest.buffer import Buffer, Refused
@@ -27,25 +23,8 @@ from ingest.metrics import Metrics
 from ingest.rows import decode_payload
 from ingest.state import State
 from ingest.validate import validate_batch, validate_rows
-from storage.clickhouse import ClickHouse, HttpClickHouse, open_clickhouse
-from storage.migrations import clickhouse_up, postgres_up
+from storage.clickhouse import ClickHouse, HttpClickHouse
 from storage.postgres import create_pool
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, retry_for=5)
-    await postgres_up(pool)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    store = await open_clickhouse(f"chdb://{tmp_path / 'ch'}")
-    await clickhouse_up(store)
-    yield store
-    await store.close()
 
 
 def make_rows(n: int, project: int | None = None, name: str = "e") -> list[tuple]:

@@ -14,11 +14,8 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import brotli
 import pytest
 import structlog
@@ -42,9 +39,6 @@ from ingest.http import build_app
 from ingest.ids import uuid_str
 from ingest.rows import LINE_COLUMNS, TABLE, lines_to_rows, payload_rows
 from ingest.validate import decode_request, validate
-from storage.clickhouse import ClickHouse, open_clickhouse
-from storage.migrations import clickhouse_up, postgres_up
-from storage.postgres import create_pool
 
 NOW = 1_795_000_000_000
 DEEP = 700  # levels of nesting the decoder takes at any stack depth a test runs at
@@ -124,22 +118,6 @@ def test_the_zoo_is_judged_event_by_event() -> None:
     stored, errors = zoo_outcome()
     assert result.errors == errors
     assert result.count == stored
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, retry_for=5)
-    await postgres_up(pool)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def ch(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    store = await open_clickhouse(f"chdb://{tmp_path / 'ch'}")
-    await clickhouse_up(store)
-    yield store
-    await store.close()
 
 
 async def test_what_validation_accepts_is_storable_in_postgres_and_clickhouse(pool, ch) -> None:

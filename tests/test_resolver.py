@@ -24,14 +24,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def pool(database_url: str):
-    pool = await create_pool(database_url, retry_for=5)
-    await postgres_up(pool)
-    yield pool
-    await pool.close()
-
-
 def resolver_for(pool: asyncpg.Pool, clock: Clock) -> TokenResolver:
     return TokenResolver(
         lambda t: projects.lookup(pool, t),
