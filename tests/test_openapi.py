@@ -1,0 +1,92 @@
+"""``GET /openapi.json`` against the real server: schemathesis generates requests for
+every operation the document describes, sends them to a real ``sluice serve`` with a
+valid token, and checks each answer — no 5xx, and every status, content type, header
+and body as the document says."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from support import request
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+EXAMPLES = 12  # per operation (45 of them): ~500 requests
+NATIVE_EXAMPLES = 60  # POST /api/v1/ingest/events: the richest body
+BUDGET_S = 45.0  # the whole run; it takes ~7 s on two shared cores
+
+
+def test_openapi_document_is_served_and_lists_every_route(start_server, project) -> None:
+    server = start_server()
+    answer = request(f"{server.url}/openapi.json")
+    assert answer.status == 200
+    assert answer.headers["Content-Type"].startswith("application/json")
+    document = answer.json()
+    assert document["openapi"] == "3.1.0"
+    paths = document["paths"]
+    listed = ["/api/v1/ingest/events", "/v1/batch", "/v1/t", "/batch/", "/e/", "/i/v0/e/",
+              "/flags/", "/decide/", "/array/{token}/config", "/sourceConfig/",
+              "/v1/projects/{write_key}/settings", "/healthz", "/readyz", "/metrics"]  # fmt: skip
+    assert [path for path in listed if path not in paths] == []
+    native = paths["/api/v1/ingest/events"]["post"]
+    assert sorted(native["responses"]) == sorted(
+        ["200", "202", "400", "401", "403", "408", "413", "429", "500", "503"]
+    )
+    assert native["security"] == [{"bearer": []}, {}]
+    assert paths["/v1/batch"]["post"]["security"][0] == {"basic": []}
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
+    start_server, project
+) -> None:
+    _, token = project
+    server = start_server()
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {token}"}
+    failures: list[str] = []
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + BUDGET_S
+
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 45
+    for operation in operations:
+        examples = NATIVE_EXAMPLES if operation.path == "/api/v1/ingest/events" else EXAMPLES
+
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck), print_blob=False)  # fmt: skip
+        @given(case=operation.as_strategy())
+        def run(case: Any) -> None:
+            assert time.monotonic() < deadline, f"over the {BUDGET_S} s budget"
+            counts[case.operation.label] = counts.get(case.operation.label, 0) + 1
+            if isinstance(case.body, dict):  # a generated body key would only get 400/401
+                for key in ("token", "api_key"):
+                    if key in case.body:
+                        case.body[key] = token
+            case.call_and_validate(session=session, headers=headers, checks=CHECKS, timeout=10)
+
+        try:
+            run()
+        except Exception as exc:  # every operation's failure, not only the first
+            failures.append(f"{operation.label}: {exc}")
+    assert failures == [], "\n\n".join(failures)
+    assert len(counts) == len(operations)
+    statuses = [e["status"] for e in server.log_events("request")]
+    assert statuses.count(500) == 0 and statuses.count(503) == 0
+    assert server.stop() == 0
