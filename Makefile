@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install node-clients run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real Node SDKs the suite runs (tests/test_sdk_node.py), pinned by the lockfile:
+# installed when node_modules is missing or the lockfile is newer than the last install.
+NODE_CLIENTS := clients/node
+NODE_STAMP   := $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_CLIENTS)/package-lock.json $(NODE_CLIENTS)/package.json
+	@command -v npm >/dev/null || { echo "make test needs node 18+ and npm (apt-get install nodejs npm)"; exit 2; }
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-clients: $(NODE_STAMP)
+
 ## make run: install, start `sluice serve` on the embedded stores, print a token + curl
 run: install
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/sluice serve --demo
 
 ## make test: lint, format check, then the whole suite (chaos tests included)
-test: install
+test: install node-clients
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -38,4 +50,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
