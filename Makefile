@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install node-clients run test lint format bench clean
+.PHONY: install node-clients chromium run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ $(NODE_STAMP): $(NODE_CLIENTS)/package-lock.json $(NODE_CLIENTS)/package.json
 	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# Debian's Chromium, for the browser SDK tests (tests/test_sdk_browser.py; playwright-core
+# drives it: Playwright's own browser download is not used). Installed as `make bench`
+# installs wrk: as root with apt-get, if it is missing.
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium); } || { echo "make test needs /usr/bin/chromium: apt-get install chromium"; exit 2; }
+
 node-clients: $(NODE_STAMP)
 
 ## make run: install, start `sluice serve` on the embedded stores, print a token + curl
@@ -31,7 +37,7 @@ run: install
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/sluice serve --demo
 
 ## make test: lint, format check, then the whole suite (chaos tests included)
-test: install node-clients
+test: install node-clients chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
