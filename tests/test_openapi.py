@@ -1,5 +1,6 @@
 """``GET /openapi.json`` against the real server: schemathesis generates requests for
-every operation the document describes, sends them to a real ``sluice serve`` with a
+every operation the document describes (and, for those with a body, requests that break
+the document: wrong types, missing fields), sends them to a real ``sluice serve`` with a
 valid token, and checks each answer — no 5xx, and every status, content type, header
 and body as the document says."""
 
@@ -11,6 +12,7 @@ from typing import Any
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -27,9 +29,9 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-EXAMPLES = 12  # per operation (45 of them): ~500 requests
+EXAMPLES = 12  # per operation and mode (45 operations, 29 with a body): ~900 requests
 NATIVE_EXAMPLES = 60  # POST /api/v1/ingest/events: the richest body
-BUDGET_S = 45.0  # the whole run; it takes ~7 s on two shared cores
+BUDGET_S = 45.0  # the whole run; it takes ~12 s on two shared cores
 
 
 def test_openapi_document_is_served_and_lists_every_route(start_server, project) -> None:
@@ -52,6 +54,19 @@ def test_openapi_document_is_served_and_lists_every_route(start_server, project)
     assert paths["/v1/batch"]["post"]["security"][0] == {"basic": []}
 
 
+def fuzz(operation: Any, mode: GenerationMode, examples: int, send: Any) -> None:
+    """``examples`` generated requests for ``operation`` in ``mode``, each through ``send``
+    (hypothesis shrinks a failing one to its smallest form before raising)."""
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), print_blob=False)  # fmt: skip
+    @given(case=operation.as_strategy(mode))
+    def run(case: Any) -> None:
+        send(case, mode)
+
+    run()
+
+
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
     start_server, project
 ) -> None:
@@ -64,29 +79,34 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
     counts: dict[str, int] = {}
     deadline = time.monotonic() + BUDGET_S
 
+    def send(case: Any, mode: GenerationMode) -> None:
+        assert time.monotonic() < deadline, f"over the {BUDGET_S} s budget"
+        run = f"{case.operation.label} {mode.value}"
+        counts[run] = counts.get(run, 0) + 1
+        if isinstance(case.body, dict):  # a generated body key would only get 400/401
+            for field in ("token", "api_key"):
+                if field in case.body:
+                    case.body[field] = token
+        case.call_and_validate(session=session, headers=headers, checks=CHECKS, timeout=10)
+
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == 45
-    for operation in operations:
+    runs = [(op, GenerationMode.POSITIVE) for op in operations]
+    runs += [(op, GenerationMode.NEGATIVE) for op in operations if op.body]
+    assert len(runs) == 45 + 29
+    for operation, mode in runs:
         examples = NATIVE_EXAMPLES if operation.path == "/api/v1/ingest/events" else EXAMPLES
-
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck), print_blob=False)  # fmt: skip
-        @given(case=operation.as_strategy())
-        def run(case: Any) -> None:
-            assert time.monotonic() < deadline, f"over the {BUDGET_S} s budget"
-            counts[case.operation.label] = counts.get(case.operation.label, 0) + 1
-            if isinstance(case.body, dict):  # a generated body key would only get 400/401
-                for key in ("token", "api_key"):
-                    if key in case.body:
-                        case.body[key] = token
-            case.call_and_validate(session=session, headers=headers, checks=CHECKS, timeout=10)
-
         try:
-            run()
+            fuzz(operation, mode, examples, send)
         except Exception as exc:  # every operation's failure, not only the first
-            failures.append(f"{operation.label}: {exc}")
+            failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert failures == [], "\n\n".join(failures)
-    assert len(counts) == len(operations)
-    statuses = [e["status"] for e in server.log_events("request")]
-    assert statuses.count(500) == 0 and statuses.count(503) == 0
-    assert server.stop() == 0
+    assert len(counts) == len(runs)
+    assert server.stop() == 0, server.logs()
+    statuses = [e["status"] for e in server.log_events("request")]  # all, once it stopped
+    quiet = ("/healthz", "/readyz", "/metrics")  # not logged (probes)
+    sent = sum(n for run, n in counts.items() if run.split()[1] not in quiet)
+    assert len(statuses) == sent + 1  # and the schema's own GET /openapi.json
+    assert [s for s in statuses if s >= 500] == []
+    # Both the accepting and the refusing paths were reached.
+    assert {200, 202, 400} <= set(statuses), sorted(set(statuses))
