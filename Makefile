@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install node-clients chromium run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real Node SDKs the suite runs (tests/test_sdk_node.py), pinned by the lockfile:
+# installed when node_modules is missing or the lockfile is newer than the last install.
+NODE_CLIENTS := clients/node
+NODE_STAMP   := $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_CLIENTS)/package-lock.json $(NODE_CLIENTS)/package.json
+	@command -v npm >/dev/null || { echo "make test needs node 18+ and npm (apt-get install nodejs npm)"; exit 2; }
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+# Debian's Chromium, for the browser SDK tests (tests/test_sdk_browser.py; playwright-core
+# drives it: Playwright's own browser download is not used). Installed as `make bench`
+# installs wrk: as root with apt-get, if it is missing.
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium); } || { echo "make test needs /usr/bin/chromium: apt-get install chromium"; exit 2; }
+
+node-clients: $(NODE_STAMP)
+
 ## make run: install, start `sluice serve` on the embedded stores, print a token + curl
 run: install
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/sluice serve --demo
 
 ## make test: lint, format check, then the whole suite (chaos tests included)
-test: install
+test: install node-clients chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -38,4 +56,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules

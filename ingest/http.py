@@ -46,7 +46,7 @@ from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 from aiohttp.web_protocol import RequestPayloadError
 
 from auth.resolver import Access
-from ingest import __version__
+from ingest import __version__, openapi
 from ingest.buffer import Refused
 from ingest.ids import uuid_str
 from ingest.metrics import CONTENT_TYPE
@@ -539,6 +539,7 @@ def build_app(service: Any) -> web.Application:
     app.router.add_route("OPTIONS", "/healthz", preflight)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(openapi.PATH, openapi.handler)  # the contract: ingest/openapi.py
     # The SDKs' own paths (Segment, RudderStack, PostHog): same pipeline, their formats.
     add_sdk_routes(app, sdk_accept, service.config.max_body_bytes, _precheck, _read_any_body)
     for path in SDK_PATHS:
