@@ -547,7 +547,10 @@ async def cmd_wal(config: Config, args: argparse.Namespace) -> int:
     print(f"{len(segments)} segment(s), {data['events']} event(s), {data['bytes']} bytes")
     out_table(segments, ["file", "batch_id", "requests", "events", "bytes", "state"])
     if corrupt:
-        print(f"\n{len(corrupt)} corrupt segment(s) set aside in {aside} (not replayed):")
+        print(
+            f"\n{len(corrupt)} corrupt segment(s) kept in {aside} (the whole records "
+            "before the bad one were replayed at boot; the rest were not):"
+        )
         out_table(corrupt, ["file", "batch_id", "requests", "events", "state"])
     return EXIT_OK
 

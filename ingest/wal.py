@@ -26,8 +26,11 @@ the crash, the replay is a no-op.
 Reading (:func:`read_segment`) is its own test: a record whose length runs past the end
 of the file, or whose checksum fails on the file's last bytes, is a *torn tail* — a crash
 mid-write, never acknowledged — and is dropped (counted). A bad record with more bytes
-after it is *corruption*: the segment is not replayed but moved to ``corrupt/`` in the
-log directory, logged and counted; ``sluice wal`` lists it.
+after it is *corruption*: the whole records before it are replayed (they may have been
+acknowledged; after a power loss, pages of the unsynced tail can reach the disk out of
+order and look like this), and the file is moved to ``corrupt/`` in the log directory,
+kept, logged and counted, so that the records after the bad one are never dropped
+silently; ``sluice wal status`` lists it.
 
 Group commit: requests never sync on their own. Records queue on the event loop; one
 writer thread writes everything queued with one ``pwritev(…, RWF_DSYNC)`` per file (a
@@ -87,6 +90,7 @@ class _File:
     fd: int = -1
     size: int = 0  # bytes known durable
     closed: bool = False  # sealed (or broken): no more records
+    kept: bool = False  # a corrupt segment set aside: released without deleting the file
 
 
 @dataclass
@@ -148,7 +152,8 @@ class Wal:
         found = recover(self.directory, self.stats)
         for seg in found:
             self._files[seg.segment_id] = _File(seg.seq, seg.segment_id, seg.path,
-                                                size=seg.size, closed=True)  # fmt: skip
+                                                size=seg.size, closed=True,
+                                                kept=seg.kept)  # fmt: skip
             self.stats.bytes += seg.size - HEADER_BYTES
         seqs = [seq for seq, _ in list_segments(self.directory)]
         self._next_seq = max(seqs, default=-1) + 1
@@ -280,6 +285,8 @@ class Wal:
             os.close(f.fd)
             f.fd = -1
         self._files.pop(f.segment_id, None)
+        if f.kept:
+            return
         try:
             os.unlink(f.path)
         except FileNotFoundError:
@@ -360,6 +367,7 @@ class SegmentReport:
     size: int  # bytes of whole records, header included
     torn: int = 0  # bytes of a torn tail (0: none)
     corrupt: str | None = None  # why the segment is corrupt
+    kept: bool = False  # moved aside for inspection: never deleted by Sluice
 
     @property
     def events(self) -> int:
@@ -418,9 +426,9 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 
 def recover(directory: Path, stats: WalStats) -> list[SegmentReport]:
-    """Read every segment a previous process left: whole segments come back to be
-    flushed; torn tails are dropped and counted; corrupt and empty segments are moved
-    aside or deleted."""
+    """Read every segment a previous process left: whole records come back to be
+    flushed; torn tails are dropped and counted; a corrupt segment is moved aside (its
+    whole records before the bad one still come back); empty segments are deleted."""
     found = []
     for _, path in list_segments(directory):
         report = read_segment(path)
@@ -437,10 +445,13 @@ def recover(directory: Path, stats: WalStats) -> list[SegmentReport]:
             aside = directory / CORRUPT_DIR
             aside.mkdir(exist_ok=True)
             os.replace(path, aside / path.name)
+            report.path, report.kept = aside / path.name, True
             log.error("wal_corrupt_segment", segment=path.name, reason=report.corrupt,
-                      whole_records=len(report.records), moved_to=str(aside / path.name),
-                      detail="not replayed; inspect it with 'sluice wal status'")  # fmt: skip
-            continue
+                      whole_records_replayed=len(report.records), moved_to=str(report.path),
+                      detail="the records after the bad one are not replayed; inspect them "
+                             "with 'sluice wal status'")  # fmt: skip
+            if not report.records:
+                continue
         if not report.records:
             path.unlink()
             continue

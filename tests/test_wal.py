@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import SLUICE, clickhouse_rows, events_with_ids, poll, request
 
-from ingest.wal import CORRUPT_DIR, HEADER_BYTES, Wal, WalLocked, WalStats, read_segment, recover
+from ingest.wal import CORRUPT_DIR, HEADER_BYTES, Wal, WalLocked, WalStats, read_segment
 
 PROJECT = uuid.uuid4().int.to_bytes(16, "big")
 
@@ -72,19 +72,33 @@ def test_a_zero_filled_tail_is_torn_not_corrupt(tmp_path: Path) -> None:
 def test_a_bad_record_in_the_middle_moves_the_segment_aside_and_is_counted(
     tmp_path: Path,
 ) -> None:
+    """The whole records before the bad one come back (they may have been acknowledged);
+    the file, with what follows the bad record, is kept aside, counted, and survives the
+    release of the recovered batch."""
     directory = tmp_path / "wal"
     asyncio.run(write_log(directory, 6, segments=2))
-    first, second = sorted(directory.glob("*.wal"))
+    first, second = sorted(directory.glob("*.wal"))  # records 0, 2, 4 and 1, 3, 5
     data = bytearray(first.read_bytes())
-    data[HEADER_BYTES + 8 + 16 + 2] ^= 0xFF  # inside the first record's row lines
+    second_record = HEADER_BYTES + 8 + 16 + len(payload(0))
+    data[second_record + 8 + 16 + 2] ^= 0xFF  # inside record 2's row lines
     first.write_bytes(bytes(data))
-    stats = WalStats()
-    found = recover(directory, stats)
-    assert [r.path.name for r in found] == [second.name]
-    assert [r[1] for r in found[0].records] == [payload(1), payload(3), payload(5)]
-    assert stats.corrupt_segments == 1 and stats.recovered_segments == 1
-    assert not first.exists() and (directory / CORRUPT_DIR / first.name).exists()
-    assert (stats.recovered_events, stats.torn_records) == (9, 0)
+    wal = Wal(directory, 1 << 30)
+    found = wal.open()
+    stats = wal.stats
+    assert [[r[1] for r in seg.records] for seg in found] == [
+        [payload(0)],
+        [payload(1), payload(3), payload(5)],
+    ]
+    assert stats.corrupt_segments == 1 and stats.recovered_segments == 2
+    aside = directory / CORRUPT_DIR / first.name
+    assert not first.exists() and aside.exists()
+    assert (stats.recovered_events, stats.torn_records) == (12, 0)
+    for seg in found:
+        assert seg.segment_id is not None
+        wal.release(seg.segment_id)
+    asyncio.run(wal.close())
+    assert aside.exists() and not second.exists()  # the corrupt file is kept
+    assert read_segment(aside).corrupt is not None
 
 
 def test_group_commit_one_sync_covers_every_record_queued_meanwhile(tmp_path: Path) -> None:
