@@ -12,10 +12,13 @@ and the segment takes no more records; the next group starts a new segment.
 Format (version 1), the whole of it::
 
     segment file  <seq:016x>.wal, in INGEST_WAL_DIR
-    header        b"SLUICEWAL1\\n\\0" (12 bytes) + segment id (16 bytes, a UUIDv7)
-    record*       length (u32 LE) | crc32 (u32 LE) | payload (length bytes)
+    header        b"SLUICEWAL1\n\0" (12 bytes) + segment id (16 bytes, a UUIDv7)
+    record*       length (u32 LE) | crc32 (u32 LE) | tag (u32 LE) | payload (length bytes)
     payload       project id (16 bytes) | row lines (ingest.rows), one request's events
     crc32         zlib.crc32 over the length field and the payload
+    tag           crc32(segment id) | 1: the same in every record of one segment
+    end           the first record whose tag is not the segment's (zeros, or the old
+                  records of a reused file), or the end of the file
 
 A segment is one batch: the buffer cuts a new segment when the current one reaches
 ``INGEST_FLUSH_EVENTS`` (or at a flush interval), and the segment id is the batch's
@@ -23,14 +26,17 @@ ClickHouse insert deduplication token and its ``failed_events`` id. So a segment
 after a crash carries the token its first flush had: if that flush landed just before
 the crash, the replay is a no-op.
 
-Reading (:func:`read_segment`) is its own test: a record whose length runs past the end
-of the file, or whose checksum fails on the file's last bytes, is a *torn tail* — a crash
-mid-write, never acknowledged — and is dropped (counted). A bad record with more bytes
-after it is *corruption*: the whole records before it are replayed (they may have been
-acknowledged; after a power loss, pages of the unsynced tail can reach the disk out of
-order and look like this), and the file is moved to ``corrupt/`` in the log directory,
-kept, logged and counted, so that the records after the bad one are never dropped
-silently; ``sluice wal status`` lists it.
+Reading (:func:`read_segment`) is its own test: a record of the segment whose length runs
+past the end of the file, or whose checksum fails with no whole record of the segment
+after it, is a *torn tail* — a crash mid-write, never acknowledged — and is dropped
+(counted). A bad record followed by a whole one is *corruption*: the whole records
+before it are replayed (they may have been acknowledged; after a power loss, pages of
+the unsynced tail can reach the disk out of order and look like this), and the file is
+moved to ``corrupt/`` in the log directory, kept, logged and counted, so that the
+records after the bad one are never dropped silently; ``sluice wal status`` lists it.
+
+Released segment files are reused (at most :data:`RECYCLE_KEEP`; see
+:meth:`Wal.release`): overwriting written blocks syncs without a journal commit.
 
 Group commit: requests never sync on their own. Records queue on the event loop; one
 writer thread writes everything queued with one ``pwritev(…, RWF_DSYNC)`` per file (a
@@ -64,8 +70,21 @@ log = structlog.get_logger("sluice.wal")
 
 MAGIC = b"SLUICEWAL1\n\0"
 HEADER_BYTES = len(MAGIC) + 16
-_RECORD = struct.Struct("<II")  # length, crc32
+_RECORD = struct.Struct("<III")  # length, crc32, the segment's tag
+RECORD_HEADER = _RECORD.size
 _LENGTH = struct.Struct("<I")
+OVERHEAD = RECORD_HEADER + 16  # bytes a record adds to its row lines (header, project id)
+RECYCLE_KEEP = 2  # released segment files kept for reuse
+RECYCLE_MIN_BYTES = 1 << 20  # smaller ones are not worth keeping
+RECYCLED = "recycle-"
+
+
+def segment_tag(segment_id: bytes) -> int:
+    """The 4 bytes every record of a segment carries (never 0): a record with another
+    tag is not this segment's — zeros, or what a recycled file held before."""
+    return zlib.crc32(segment_id) | 1
+
+
 SUFFIX = ".wal"
 CORRUPT_DIR = "corrupt"
 LOCK_FILE = "LOCK"
@@ -125,6 +144,9 @@ class Wal:
         self._lock_fd = -1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-wal")
         self._files: dict[bytes, _File] = {}
+        self._tags: dict[bytes, int] = {}
+        self._recycled: list[Path] = []  # writer thread only
+        self._next_recycled = 0
         self._next_seq = 0
         self._queue: list[tuple[bytes, bytes, bytes, bytes, Any]] = []
         self._group: asyncio.Future[None] | None = None
@@ -149,6 +171,8 @@ class Wal:
                 f"INGEST_WAL_DIR {self.directory} is in use by another process "
                 "(each instance needs a log directory of its own)"
             ) from None
+        for leftover in self.directory.glob(f"{RECYCLED}*"):
+            leftover.unlink(missing_ok=True)
         found = recover(self.directory, self.stats)
         for seg in found:
             self._files[seg.segment_id] = _File(seg.seq, seg.segment_id, seg.path,
@@ -169,9 +193,12 @@ class Wal:
         # the writer thread zlib would release and re-take the GIL once per record, and
         # with a busy loop each re-take waits up to a switch interval (5 ms).
         length = len(project) + len(data)
+        tag = self._tags.get(segment_id)
+        if tag is None:
+            tag = self._tags[segment_id] = segment_tag(segment_id)
         crc = zlib.crc32(data, zlib.crc32(project, zlib.crc32(_LENGTH.pack(length))))
-        self._queue.append((segment_id, _RECORD.pack(length, crc), project, data, item))
-        self.stats.bytes += len(data) + 24
+        self._queue.append((segment_id, _RECORD.pack(length, crc, tag), project, data, item))
+        self.stats.bytes += len(data) + OVERHEAD
         group = self._group
         if group is None:
             if self._loop is None:
@@ -214,7 +241,7 @@ class Wal:
             self.stats.failures += 1
             self.stats.failing = True
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            self.stats.bytes -= sum(len(it[3]) + 24 for it in items)
+            self.stats.bytes -= sum(len(it[3]) + OVERHEAD for it in items)
             if (repeats := self._repeats.due("write")) is not None:
                 log.error("wal_write_failed", error=self.stats.last_error, records=len(items),
                           repeats=repeats)  # fmt: skip
@@ -263,7 +290,11 @@ class Wal:
         self._next_seq += 1
         path = self.directory / f"{seq:016x}{SUFFIX}"
         f = _File(seq, segment_id, path)
-        f.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if self._recycled:  # blocks already allocated and written: see Wal.release
+            os.replace(self._recycled.pop(), path)
+            f.fd = os.open(path, os.O_WRONLY)
+        else:
+            f.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._files[segment_id] = f
         os.pwrite(f.fd, MAGIC + segment_id, 0)  # made durable with the first records
         f.size = HEADER_BYTES
@@ -273,7 +304,16 @@ class Wal:
 
     def release(self, segment_id: bytes) -> None:
         """A store holds the segment's batch: delete its file (in the writer thread, after
-        any write still queued for it)."""
+        any write still queued for it) — or keep it for reuse by a later segment.
+
+        Why reuse: appending to a file changes its size, so each sync of a new segment
+        commits the filesystem's journal, where it waits behind every other file's
+        pending writes (ClickHouse's parts, on the same disk). Overwriting blocks that
+        are already allocated and written needs no journal commit (measured: a 46 KB
+        write+sync p50 0.27 → 0.18 ms, p99 1.0 → 0.34 ms). A reused file still holds its
+        old records after the new ones: they carry the old segment's tag, so reading
+        stops there."""
+        self._tags.pop(segment_id, None)
         f = self._files.get(segment_id)
         if f is not None:
             self.stats.bytes -= f.size - HEADER_BYTES
@@ -288,6 +328,12 @@ class Wal:
         if f.kept:
             return
         try:
+            if len(self._recycled) < RECYCLE_KEEP and f.path.stat().st_size >= RECYCLE_MIN_BYTES:
+                spare = self.directory / f"{RECYCLED}{self._next_recycled}"
+                self._next_recycled += 1
+                os.replace(f.path, spare)
+                self._recycled.append(spare)
+                return
             os.unlink(f.path)
         except FileNotFoundError:
             pass
@@ -315,6 +361,9 @@ class Wal:
             if f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
+        for spare in self._recycled:
+            spare.unlink(missing_ok=True)
+        self._recycled.clear()
 
 
 _DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux ≥ 4.7: write and sync in one system call
@@ -390,28 +439,45 @@ def read_segment(path: Path) -> SegmentReport:
     if raw[: len(MAGIC)] != MAGIC:
         return SegmentReport(path, seq, None, [], 0, corrupt="not a Sluice log segment")
     report = SegmentReport(path, seq, raw[len(MAGIC) : HEADER_BYTES], [], HEADER_BYTES)
+    tag = segment_tag(report.segment_id or b"")
     view = memoryview(raw)
     offset, end = HEADER_BYTES, len(raw)
+
+    def whole_record_at(at: int) -> bool:
+        if end - at < RECORD_HEADER:
+            return False
+        length, crc, found = _RECORD.unpack_from(raw, at)
+        stop = at + RECORD_HEADER + length
+        return found == tag and length >= 16 and stop <= end and _crc_ok(view, at, length, crc)
+
     while offset < end:
-        if end - offset < _RECORD.size:
-            report.torn = end - offset
+        if end - offset < RECORD_HEADER:
+            if any(view[offset:end]):
+                report.torn = end - offset  # a header cut short
             break
-        length, crc = _RECORD.unpack_from(raw, offset)
-        stop = offset + _RECORD.size + length
-        if stop > end or (length == 0 and not any(view[offset:end])):
-            report.torn = end - offset  # runs past the end, or a zero-filled tail
+        length, crc, found = _RECORD.unpack_from(raw, offset)
+        if found != tag:
+            break  # zeros, or a recycled file's old records: this segment ends here
+        stop = offset + RECORD_HEADER + length
+        if length < 16 or stop > end:
+            report.torn = end - offset  # runs past the end: cut short by a crash
             break
-        payload = view[offset + _RECORD.size : stop]
-        if zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length))) != crc or length < 16:
-            if stop == end:
-                report.torn = end - offset
-            else:
+        if not _crc_ok(view, offset, length, crc):
+            if whole_record_at(stop):
                 report.corrupt = f"bad record at byte {offset} of {end}"
+            else:
+                report.torn = stop - offset  # the last record, never completed
             break
-        report.records.append((bytes(payload[:16]), bytes(payload[16:])))
+        report.records.append((bytes(view[offset + RECORD_HEADER : offset + RECORD_HEADER + 16]),
+                               bytes(view[offset + RECORD_HEADER + 16 : stop])))  # fmt: skip
         offset = stop
         report.size = offset
     return report
+
+
+def _crc_ok(view: memoryview, at: int, length: int, crc: int) -> bool:
+    payload = view[at + RECORD_HEADER : at + RECORD_HEADER + length]
+    return zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length))) == crc
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from support import SLUICE, clickhouse_rows, events_with_ids, poll, request
 
-from ingest.wal import CORRUPT_DIR, HEADER_BYTES, Wal, WalLocked, WalStats, read_segment
+from ingest.wal import (
+    CORRUPT_DIR,
+    HEADER_BYTES,
+    RECORD_HEADER,
+    Wal,
+    WalLocked,
+    WalStats,
+    read_segment,
+)
 
 PROJECT = uuid.uuid4().int.to_bytes(16, "big")
 
@@ -45,7 +53,7 @@ def test_cut_anywhere_reads_back_exactly_the_whole_records(tmp_path: Path) -> No
     data = path.read_bytes()
     ends = [HEADER_BYTES]
     for _, body in whole.records:
-        ends.append(ends[-1] + 8 + 16 + len(body))
+        ends.append(ends[-1] + RECORD_HEADER + 16 + len(body))
     assert ends[-1] == len(data)
     cut_file = tmp_path / "cut.wal"
     for cut in range(len(data)):
@@ -60,13 +68,37 @@ def test_cut_anywhere_reads_back_exactly_the_whole_records(tmp_path: Path) -> No
         assert report.torn == (0 if cut in ends else cut - ends[complete]), cut
 
 
-def test_a_zero_filled_tail_is_torn_not_corrupt(tmp_path: Path) -> None:
+def test_a_zero_filled_tail_is_the_end_not_torn_or_corrupt(tmp_path: Path) -> None:
     asyncio.run(write_log(tmp_path / "wal", 2))
     (path,) = sorted((tmp_path / "wal").glob("*.wal"))
     with open(path, "ab") as f:
-        f.write(b"\0" * 4096)  # a crash after the file grew, before the data reached it
+        f.write(b"\0" * 4096)  # a file that grew before its data reached it
     report = read_segment(path)
-    assert len(report.records) == 2 and report.torn == 4096 and report.corrupt is None
+    assert (len(report.records), report.torn, report.corrupt) == (2, 0, None)
+
+
+def test_a_reused_file_ends_where_its_new_records_end(tmp_path: Path) -> None:
+    """A released segment's file is reused by a later one: the old records after the new
+    ones carry the old segment's tag, so they are never read as the new segment's."""
+    big = b'["' + b"x" * 400_000 + b'"]\n'
+
+    async def run() -> list:
+        wal = Wal(tmp_path / "wal", 1 << 30)
+        wal.open()
+        old, new = uuid.uuid4().bytes, uuid.uuid4().bytes
+        await asyncio.gather(*[wal.append(old, PROJECT, big, i) for i in range(4)])
+        wal.release(old)  # 1.6 MB: kept for reuse
+        await wal.append(new, PROJECT, payload(7), 0)
+        await wal.close()
+        return [p.name for p in (tmp_path / "wal").iterdir()]
+
+    names = asyncio.run(run())
+    (path,) = sorted((tmp_path / "wal").glob("*.wal"))
+    assert path.stat().st_size > 1_600_000  # the old file, reused
+    report = read_segment(path)
+    assert [r[1] for r in report.records] == [payload(7)]
+    assert (report.torn, report.corrupt) == (0, None)
+    assert sorted(names) == sorted(["LOCK", path.name])  # no spare left behind at close
 
 
 def test_a_bad_record_in_the_middle_moves_the_segment_aside_and_is_counted(
@@ -79,8 +111,8 @@ def test_a_bad_record_in_the_middle_moves_the_segment_aside_and_is_counted(
     asyncio.run(write_log(directory, 6, segments=2))
     first, second = sorted(directory.glob("*.wal"))  # records 0, 2, 4 and 1, 3, 5
     data = bytearray(first.read_bytes())
-    second_record = HEADER_BYTES + 8 + 16 + len(payload(0))
-    data[second_record + 8 + 16 + 2] ^= 0xFF  # inside record 2's row lines
+    second_record = HEADER_BYTES + RECORD_HEADER + 16 + len(payload(0))
+    data[second_record + RECORD_HEADER + 16 + 2] ^= 0xFF  # inside record 2's row lines
     first.write_bytes(bytes(data))
     wal = Wal(directory, 1 << 30)
     found = wal.open()
