@@ -136,3 +136,38 @@ def test_sdk_config_endpoints_answer_what_the_sdks_read(start_server, project) -
     assert preflight.status == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "*"
     assert preflight.headers["Access-Control-Allow-Headers"] == "authorization,x-retry-count"
+
+
+def test_a_batch_refused_503_buffer_full_is_retried_by_each_python_sdk_and_lands_once(
+    start_server, project
+) -> None:
+    """A buffer of 6 events flushed every 1.5 s: the second batch of 4 finds it full
+    (503, Retry-After: 1); each stock SDK sends it again until it fits; every event is
+    stored exactly once."""
+    from posthog import Posthog
+    from segment.analytics.client import Client
+
+    _, token = project
+    server = start_server(INGEST_EVENT_BUFFER="6", INGEST_FLUSH_EVENTS="6",
+                          INGEST_FLUSH_INTERVAL="1500ms")  # fmt: skip
+    errors: list[Any] = []
+    segment = Client(token, host=server.url, max_retries=8, upload_size=4,
+                     on_error=lambda e, batch: errors.append(e))  # fmt: skip
+    for i in range(8):
+        segment.track("u1", f"s{i}", timestamp=AT)
+    segment.flush()
+    segment.join()
+    posthog = Posthog(token, host=server.url, max_retries=8, flush_at=4, disable_geoip=True,
+                      on_error=lambda e, batch: errors.append(e),
+                      enable_exception_autocapture=False)  # fmt: skip
+    for i in range(8):
+        posthog.capture(f"p{i}", distinct_id="u1", timestamp=AT)
+    posthog.flush()
+    posthog.shutdown()
+    assert errors == []
+    statuses = [(e["path"], e["status"]) for e in server.log_events("request")]
+    assert ("/v1/batch", 503) in statuses and ("/batch/", 503) in statuses, statuses
+    assert server.stop() == 0, server.logs()
+    assert sorted(stored(server)) == sorted(
+        [f"s{i}" for i in range(8)] + [f"p{i}" for i in range(8)]
+    )
