@@ -359,7 +359,7 @@ def phase_latency(data_dir: Path, token: str, body: Path, valid: int, rate: floa
     assert statuses.get("202", 0) * valid == accepted
     return {
         "target_rps": rate,
-        "achieved_rps": statuses_total(statuses) / (10 * LATENCY_RUNS),
+        "achieved_rps": sum(statuses.values()) / (10 * LATENCY_RUNS),
         "p50_ms": statistics.median(r["p50_ms"] for r in runs),
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "p99_ms_runs": [r["p99_ms"] for r in runs],
@@ -371,10 +371,6 @@ def phase_latency(data_dir: Path, token: str, body: Path, valid: int, rate: floa
         "errors": sum(v for k, v in statuses.items() if k not in ("202", "503")),
         "loss": accepted - (clickhouse_count(data_dir) - before),
     }
-
-
-def statuses_total(statuses: dict[str, int]) -> int:
-    return sum(statuses.values())
 
 
 def phase_shapes(data_dir: Path, token: str, shapes: list[tuple]) -> list[dict]:

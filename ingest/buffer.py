@@ -24,11 +24,12 @@ record could not be made durable is taken back out of its batch and refused too.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ingest.ids import uuid7_int, uuid_str
+from ingest.ids import uuid7_int
 from ingest.wal import SegmentReport, Wal, WalError
 
 
@@ -52,19 +53,15 @@ class Batch:
     project id (for the usage hook), and the batch id (a UUIDv7: the log segment's id,
     the insert deduplication token, the ``failed_events`` row id)."""
 
-    id_int: int
+    id_bytes: bytes  # 16 bytes; the log segment's header holds them
     chunks: list[Chunk] = field(default_factory=list)
     count: int = 0
     closed: bool = False
     durable: asyncio.Future[None] | None = None  # the sync covering its last record
+    id: str = ""  # the same id as text (the dedup token, the failed_events id)
 
-    @property
-    def id(self) -> str:
-        return uuid_str(self.id_int)
-
-    @property
-    def id_bytes(self) -> bytes:
-        return self.id_int.to_bytes(16, "big")
+    def __post_init__(self) -> None:
+        self.id = str(uuid.UUID(bytes=self.id_bytes))
 
     @property
     def parts(self) -> list[bytes]:
@@ -141,7 +138,7 @@ class Buffer:
     def _new_batch(self) -> Batch:
         if self._open is not None:
             self._close()
-        self._open = Batch(uuid7_int())
+        self._open = Batch(uuid7_int().to_bytes(16, "big"))
         return self._open
 
     def _close(self) -> None:
@@ -172,7 +169,7 @@ class Buffer:
         total = 0
         for seg in segments:
             assert seg.segment_id is not None
-            batch = Batch(int.from_bytes(seg.segment_id, "big"), closed=True)
+            batch = Batch(seg.segment_id, closed=True)
             for project, data in seg.records:
                 n = data.count(b"\n")
                 batch.chunks.append((data, n, int.from_bytes(project, "big")))

@@ -187,8 +187,9 @@ class _AiohttpLog(logging.Filter):
         return bool(self._every.due())
 
 
-async def _read_body(request: web.Request, edge: Edge) -> bytes | web.Response:
+async def _read_body(request: web.Request) -> bytes | web.Response:
     """The body, or the response refusing it (408, 413, 400, 503)."""
+    edge = request.app[EDGE]
     try:
         # A body already received (the common case: it came with the headers) costs
         # neither a timer nor a slot; aiohttp stops reading a socket whose unread
@@ -244,10 +245,6 @@ def _precheck(request: web.Request) -> web.Response | None:
     return None
 
 
-async def _read_any_body(request: web.Request) -> bytes | web.Response:
-    return await _read_body(request, request.app[EDGE])
-
-
 async def ingest(request: web.Request) -> web.Response:
     refused = _precheck(request)
     if refused is not None:
@@ -262,7 +259,7 @@ async def ingest(request: web.Request) -> web.Response:
 
     # Any content type is read as JSON: sendBeacon sends text/plain, and a client that
     # forgot the header should get a 2xx or a precise 400, not a 415.
-    body = await _read_body(request, request.app[EDGE])
+    body = await _read_body(request)
     if type(body) is not bytes:
         return body  # type: ignore[return-value]
     try:
@@ -541,7 +538,7 @@ def build_app(service: Any) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get(openapi.PATH, openapi.handler)  # the contract: ingest/openapi.py
     # The SDKs' own paths (Segment, RudderStack, PostHog): same pipeline, their formats.
-    add_sdk_routes(app, sdk_accept, service.config.max_body_bytes, _precheck, _read_any_body)
+    add_sdk_routes(app, sdk_accept, service.config.max_body_bytes, _precheck, _read_body)
     for path in SDK_PATHS:
         app.router.add_route("OPTIONS", path, preflight)
 

@@ -56,10 +56,6 @@ def uuid7_int() -> int:
     return (_high(None, rnd >> 68) << 64) | _VARIANT | (rnd & ((1 << 62) - 1))
 
 
-def uuid7() -> str:
-    return uuid_str(uuid7_int())
-
-
 @lru_cache(maxsize=4096)  # project ids, logged per request
 def uuid_str(value: int) -> str:
     """Canonical text of a UUID held as an int."""
