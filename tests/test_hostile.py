@@ -386,8 +386,10 @@ def test_slow_bodies_hold_at_most_read_concurrency_slots_and_do_not_block_small_
         poll(lambda: metric(server, "sluice_bodies_reading") == 2.0)
         # Two more wait for a slot; the first two free theirs before these give up.
         socks += [_slow_request(server.port, token, sent=10) for _ in range(2)]
-        resp = server.post({"token": token, "events": [event()]})
-        assert resp.status == 202, resp.body
+        # Headers and body in one write, so the body does arrive whole with its headers
+        # (http.client sends them in two, which under load can reach the server apart).
+        status, reply = _whole_request(server.port, {"token": token, "events": [event()]})
+        assert status == 202, reply
         assert metric(server, "sluice_bodies_reading") == 2.0  # still two, not four
         replies = [_response(sock)[:2] for sock in socks]
     finally:
@@ -395,6 +397,20 @@ def test_slow_bodies_hold_at_most_read_concurrency_slots_and_do_not_block_small_
             sock.close()
     timed_out = (408, {"error": "request body not received within 3 s"})
     assert replies == [timed_out] * 4  # each within its own read timeout
+
+
+def _whole_request(port: int, doc: Any) -> tuple[int, bytes]:
+    """POST ``doc`` with headers and body in one ``sendall``: (status, body)."""
+    body = json.dumps(doc).encode()
+    head = (f"POST {INGEST} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
 
 
 def metric(server, name: str) -> float | None:
