@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from storage.clickhouse import ClickHouse, ClickHouseError
@@ -68,7 +69,9 @@ FILTER_COLUMNS = {
 LINKS_TABLE = "person_links_v1"
 # An event's own person id (a user id, else its anonymous id) and its 64-bit hash (0: none).
 _RAW_PERSON = "ifNull(user_id, anonymous_id)"
-_PH = "if(isNull(user_id) AND isNull(anonymous_id), 0, cityHash64(ifNull(user_id, anonymous_id)))"
+PERSON_HASH = (
+    "if(isNull(user_id) AND isNull(anonymous_id), 0, cityHash64(ifNull(user_id, anonymous_id)))"
+)
 # The project's links, resolved: other id (and its hash) → the user id it belongs to (and
 # its hash). Earliest link first, then one more hop.
 _LINKS = (
@@ -82,6 +85,8 @@ _LINKS = (
 # The resolved person of a row of `_with_persons(...)`, as a hash (0: no person) and as text.
 PERSON = "if(l.to != 0, l.to, x.ph)"
 PERSON_NAME = "if(l.to != 0, l.user, x.who)"
+# An event's bot flag (the enrichment column once stored; 0 before).
+IS_BOT = "0"
 PAGE_EVENTS = ("$pageview", "$screen", "page_view", "pageview", "page")
 
 _URL = (
@@ -174,14 +179,84 @@ def _with_persons(columns: str, where: str, final: bool = True) -> str:
     the event's own person hash, and ``who``, its id), each joined to its link ``l``: read
     :data:`PERSON` / :data:`PERSON_NAME` from it. The query must start ``WITH {_LINKS}``."""
     return (
-        f"(SELECT {columns}, {_PH} AS ph, {_RAW_PERSON} AS who FROM {TABLE}"
+        f"(SELECT {columns}, {PERSON_HASH} AS ph, {_RAW_PERSON} AS who FROM {TABLE}"
         f"{' FINAL' if final else ''} WHERE {where}) AS x "
         "LEFT ANY JOIN links AS l ON l.h = x.ph"
     )
 
 
 def _bots(include_bots: bool) -> str:
-    return ""
+    return "" if include_bots or IS_BOT == "0" else f" AND NOT {IS_BOT}"
+
+
+DAILY, HOURLY, FOLDED = "rollup_daily_v1", "rollup_hourly_v1", "rollup_days_v1"
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Rolled:
+    """The days of a window served from the rollups: folded, and wholly inside it."""
+
+    days: tuple[str, ...] = ()  # 'YYYY-MM-DD'
+    versions: tuple[int, ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        return {"rdays": list(self.days), "rver": list(self.versions)}
+
+    def within(self, window: Window) -> Rolled:
+        """The days of these wholly inside ``window``."""
+        kept = [
+            (d, v)
+            for d, v in zip(self.days, self.versions, strict=True)
+            if window.since_ms <= _day_ms(d) and _day_ms(d) + DAY_MS <= window.until_ms
+        ]
+        return Rolled(tuple(d for d, _ in kept), tuple(v for _, v in kept))
+
+
+def _day_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _day_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+NOT_ROLLED = Rolled()
+
+
+def _mixed(
+    rolled: Rolled,
+    table: str,
+    dim: str,
+    rollup_value: str,
+    rollup_bucket: str,
+    raw_value: str,
+    raw_bucket: str,
+    raw_where: str,
+    include_bots: bool,
+) -> str:
+    """``FROM`` clause: rows ``(t, value, ph, n)`` — a bucket, a value, an own-person
+    hash and a count of distinct events — from the rollup ``table`` (dimension ``dim``) for
+    the rolled days and from the raw events (FINAL) for the rest of the window, each
+    joined to its link ``l`` (read :data:`PERSON`). The query must start ``WITH {_LINKS}``
+    and bind :meth:`Rolled.params` and the window. ``dim`` and the expressions are
+    constants of this module, never input."""
+    day = "toDate(hour)" if table == HOURLY else "day"
+    bots = "" if include_bots else " AND is_bot = 0"
+    rollup = (
+        f"SELECT {rollup_bucket} AS t, {rollup_value} AS value, person AS ph, events AS n "
+        f"FROM {table} WHERE project_id = {{project:UUID}} AND dim = '{dim}' "
+        f"AND has({{rdays:Array(Date)}}, {day}) "
+        f"AND version = {{rver:Array(UInt64)}}[indexOf({{rdays:Array(Date)}}, {day})]{bots}"
+    )
+    raw = (
+        f"SELECT {raw_bucket} AS t, {raw_value} AS value, {PERSON_HASH} AS ph, "
+        f"toUInt64(1) AS n FROM {TABLE} FINAL WHERE {raw_where}{_bots(include_bots)} "
+        "AND NOT has({rdays:Array(Date)}, toDate(timestamp))"
+    )
+    if not rolled.days:
+        return f"({raw}) AS x LEFT ANY JOIN links AS l ON l.h = x.ph"
+    return f"({rollup} UNION ALL {raw}) AS x LEFT ANY JOIN links AS l ON l.h = x.ph"
 
 
 @dataclass(frozen=True)
@@ -259,6 +334,21 @@ class Reader:
         )
         return await self._ch.query_rows(sql, params)
 
+    async def rolled(self, project: uuid.UUID, window: Window) -> Rolled:
+        """The folded days wholly inside ``window``, with the version to read."""
+        first = -(-window.since_ms // DAY_MS) * DAY_MS
+        end = window.until_ms // DAY_MS * DAY_MS
+        if first >= end:
+            return NOT_ROLLED
+        sql = (
+            f"SELECT toString(day), max(version) FROM {FOLDED} WHERE project_id = "
+            "{project:UUID} AND day >= {d0:Date} AND day < {d1:Date} GROUP BY day ORDER BY day "
+            + self._settings
+        )
+        params = {"project": str(project), "d0": _day_text(first), "d1": _day_text(end)}
+        rows = await self._ch.query_rows(sql, params)
+        return Rolled(tuple(str(d) for d, _ in rows), tuple(int(v) for _, v in rows))
+
     async def timeseries(
         self,
         project: uuid.UUID,
@@ -268,22 +358,41 @@ class Reader:
         event: str | None,
         include_bots: bool = False,
     ) -> list[tuple[int, int, int]]:
-        """``(bucket start ms, events, users)`` for every bucket of ``step_ms`` from
-        ``origin_ms`` (≤ ``since``, aligned by the caller) up to ``until``, empty ones
-        filled with zeros (``WITH FILL``); only events in the window are counted."""
-        params = {**_base(project, window), "origin_ms": origin_ms, "step_ms": step_ms}
-        where = _WHERE + _bots(include_bots)
+        """``(bucket start ms, events, users)`` for every bucket of ``step_ms`` (an hour
+        or a day) from ``origin_ms`` (≤ ``since``, aligned by the caller) up to ``until``,
+        empty ones filled with zeros (``WITH FILL``); only events in the window count.
+        Folded days come from the hourly or daily rollup, the rest from the raw events."""
+        rolled = await self.rolled(project, window)
+        params = {
+            **_base(project, window),
+            **rolled.params(),
+            "origin_ms": origin_ms,
+            "step_ms": step_ms,
+        }
+        where = _WHERE
+        dim, value, outer = "", "''", ""
         if event is not None:
             where += " AND event = {event:String}"
             params["event"] = event
-        bucket = (
-            "toInt64({origin_ms:Int64} + intDiv(toUnixTimestamp64Milli(timestamp) - "
-            "{origin_ms:Int64}, {step_ms:Int64}) * {step_ms:Int64}) AS t"
+            dim, value, outer = "event", "toString(event)", " WHERE x.value = {event:String}"
+        table, rollup_t = (
+            (HOURLY, "toUnixTimestamp(hour)")
+            if step_ms < DAY_MS
+            else (DAILY, "toUnixTimestamp(day)")
         )
+        raw_t = "toUnixTimestamp64Milli(timestamp)"
+        bucket = (
+            "toInt64({origin_ms:Int64} + intDiv(%s - {origin_ms:Int64}, {step_ms:Int64}) "
+            "* {step_ms:Int64})"
+        )
+        source = _mixed(
+            rolled, table, dim, "value", bucket % f"toInt64({rollup_t}) * 1000",
+            value, bucket % raw_t, where, include_bots,
+        )  # fmt: skip
         sql = (
-            f"WITH {_LINKS} SELECT t, toUInt64(count()) AS events, "
+            f"WITH {_LINKS} SELECT x.t AS t, toUInt64(sum(x.n)) AS events, "
             f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users "
-            f"FROM {_with_persons(bucket, where)} GROUP BY t "
+            f"FROM {source}{outer} GROUP BY t "
             "ORDER BY t WITH FILL FROM {origin_ms:Int64} TO {until_ms:Int64} STEP {step_ms:Int64} "
             + self._settings
         )
@@ -300,17 +409,23 @@ class Reader:
         include_bots: bool = False,
     ) -> list[tuple[str, int, int]]:
         """``(value, events, users)``, most events first (ties by value); values that are
-        not set (empty) are left out."""
-        expression = TOP_DIMENSIONS[by]
+        not set (empty) are left out. Folded days come from the daily rollup (not with an
+        ``event`` filter: the rollup does not cross dimensions)."""
         params = {**_base(project, window), "limit": limit}
-        where = _WHERE + _bots(include_bots)
+        where = _WHERE
+        rolled = NOT_ROLLED
         if event is not None:
             where += " AND event = {event:String}"
             params["event"] = event
+        else:
+            rolled = await self.rolled(project, window)
+        params.update(rolled.params())
+        source = _mixed(
+            rolled, DAILY, by, "value", "0", TOP_DIMENSIONS[by], "0", where, include_bots
+        )
         sql = (
-            f"WITH {_LINKS} SELECT value, toUInt64(count()) AS events, "
-            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users "
-            f"FROM {_with_persons(f'{expression} AS value', where)} "
+            f"WITH {_LINKS} SELECT x.value AS value, toUInt64(sum(x.n)) AS events, "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users FROM {source} "
             "GROUP BY value HAVING value != '' ORDER BY events DESC, value ASC "
             "LIMIT {limit:UInt32} " + self._settings
         )
@@ -320,22 +435,23 @@ class Reader:
     async def active_users(
         self, project: uuid.UUID, at_ms: int, include_bots: bool = False
     ) -> tuple[int, int, int]:
-        """Distinct persons in the 1, 7 and 30 days (of 24 h) before ``at``. No FINAL: a
-        second copy of an event cannot add a person."""
-        day = 86_400_000
-        window = Window(at_ms - 30 * day, at_ms)
-        params = {**_base(project, window), "d1": at_ms - day, "d7": at_ms - 7 * day}
-        where = _WHERE + _bots(include_bots)
-        sql = (
-            f"WITH {_LINKS} SELECT toUInt64(uniqExactIf({PERSON}, {PERSON} != 0 AND "
-            "x.ts >= fromUnixTimestamp64Milli({d1:Int64}, 'UTC'))), "
-            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0 AND "
-            "x.ts >= fromUnixTimestamp64Milli({d7:Int64}, 'UTC'))), "
-            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) "
-            f"FROM {_with_persons('timestamp AS ts', where, final=False)} " + self._settings
-        )
-        ((dau, wau, mau),) = await self._ch.query_rows(sql, params)
-        return int(dau), int(wau), int(mau)
+        """Distinct persons in the 1, 7 and 30 days (of 24 h) before ``at``; folded days
+        from the daily rollup."""
+        month = Window(at_ms - 30 * DAY_MS, at_ms)
+        rolled = await self.rolled(project, month)
+        counts = []
+        for days in (1, 7, 30):
+            window = Window(at_ms - days * DAY_MS, at_ms)
+            part = rolled.within(window)
+            params = {**_base(project, window), **part.params()}
+            source = _mixed(part, DAILY, "", "''", "0", "''", "0", _WHERE, include_bots)
+            sql = (
+                f"WITH {_LINKS} SELECT toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) "
+                f"FROM {source} " + self._settings
+            )
+            ((n,),) = await self._ch.query_rows(sql, params)
+            counts.append(int(n))
+        return counts[0], counts[1], counts[2]
 
     def _sessions_sql(self, where: str) -> str:
         """Every session in the window: ``sid, who, first, last, n, pages`` (see
