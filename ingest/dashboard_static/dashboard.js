@@ -52,7 +52,7 @@
       else if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
       else el.setAttribute(name, value === true ? '' : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -63,7 +63,7 @@
   function s(tag, attrs, ...children) {
     const el = document.createElementNS(SVG, tag);
     for (const [name, value] of Object.entries(attrs || {})) el.setAttribute(name, String(value));
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child !== null && child !== undefined) el.append(child);
     }
     return el;
@@ -97,9 +97,10 @@
   // A figure: a label and a big number; `data-field`/`data-value` name it for tests and
   // for anyone scripting the page.
   function stat(label, field, value, shown, note) {
+    const text = shown === undefined ? fmt(value) : shown;
     return h('div', { class: 'stat', dataset: { field, value: value === null ? '' : String(value) } },
       h('span', { class: 'stat-label' }, label),
-      h('span', { class: 'stat-value' }, shown === undefined ? fmt(value) : shown),
+      h('span', { class: text.length > 14 ? 'stat-value long' : 'stat-value' }, text),
       note ? h('span', { class: 'stat-note' }, note) : null);
   }
 
@@ -181,7 +182,7 @@
       .then(load)
       .then((result) => {
         if (gen !== state.gen) return;
-        body.replaceChildren(...result.nodes.flat().filter(Boolean));
+        body.replaceChildren(...result.nodes.flat(Infinity).filter(Boolean));
         el.dataset.state = result.empty ? 'empty' : 'ready';
       })
       .catch((err) => {
@@ -219,9 +220,11 @@
 
   // --- overview -----------------------------------------------------------------------
 
+  // The axis top: a round number whose half is a whole number too (counts are whole).
   function niceMax(value) {
     const power = 10 ** Math.floor(Math.log10(value));
-    for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
+    const steps = power === 1 ? [2, 4, 6, 8, 10] : [1, 2, 4, 5, 6, 8, 10];
+    for (const step of steps) if (step * power >= value) return step * power;
     return 10 * power;
   }
 
@@ -261,7 +264,9 @@
     const ticks = Math.min(points.length, 6);
     for (let k = 0; k < ticks; k += 1) {
       const i = ticks === 1 ? 0 : Math.round((k * (points.length - 1)) / (ticks - 1));
-      svg.append(s('text', { x: L + (i + 0.5) * band, y: H - 10, class: 'axis', 'text-anchor': 'middle' },
+      const anchor = ticks > 1 && k === 0 ? 'start' : ticks > 1 && k === ticks - 1 ? 'end' : 'middle';
+      const x = anchor === 'start' ? L : anchor === 'end' ? W - R : L + (i + 0.5) * band;
+      svg.append(s('text', { x, y: H - 10, class: 'axis', 'text-anchor': anchor },
         tickLabel(points[i].t, interval, spansDays)));
     }
     return svg;
@@ -278,18 +283,18 @@
           h('td', { class: 'num' }, fmt(p.events)), h('td', { class: 'num' }, fmt(p.users)))))));
   }
 
-  function topTable(dimension, title, rows) {
+  function topTable(dimension, title, rows, { users = true } = {}) {
     const most = Math.max(1, ...rows.map((r) => r.events));
     return h('table', { class: 'top', dataset: { by: dimension } },
       h('caption', { class: 'visually-hidden' }, `${title}: events and users per value`),
       h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Value'),
-        h('th', { scope: 'col', class: 'num' }, 'Events'), h('th', { scope: 'col', class: 'num' }, 'Users'))),
+        h('th', { scope: 'col', class: 'num' }, 'Events'), users ? h('th', { scope: 'col', class: 'num' }, 'Users') : null)),
       h('tbody', {}, rows.map((r) => {
         const bar = h('span', { class: 'bar', 'aria-hidden': 'true' });
         bar.style.width = `${((100 * r.events) / most).toFixed(1)}%`; // CSSOM: allowed by the CSP
         return h('tr', { dataset: { value: r.value, events: r.events, users: r.users } },
           h('td', { class: 'value' }, bar, h('span', { class: 'label' }, r.value)),
-          h('td', { class: 'num' }, fmt(r.events)), h('td', { class: 'num' }, fmt(r.users)));
+          h('td', { class: 'num' }, fmt(r.events)), users ? h('td', { class: 'num' }, fmt(r.users)) : null);
       })));
   }
 
@@ -504,7 +509,7 @@
         h('dt', {}, 'user ids'), h('dd', {}, ids(p.user_ids)),
         h('dt', {}, 'anonymous ids'), h('dd', {}, ids(p.anonymous_ids)));
       const topEvents = topTable('person-event', 'Events of this person',
-        p.top_events.map((r) => ({ value: r.event, events: r.events, users: 1 })));
+        p.top_events.map((r) => ({ value: r.event, events: r.events, users: null })), { users: false });
       const s1 = await sessions;
       const sessionsBlock = s1 instanceof Error
         ? h('p', { class: 'error' }, s1.message)
@@ -593,7 +598,8 @@
       return ready(h('div', { class: 'stats' },
         stat('Waiting rows', 'dlq_active_rows', d.active_rows, undefined, `${fmt(d.active_events)} events`),
         stat('Oldest row', 'dlq_oldest_age_seconds', d.oldest_age_seconds,
-          d.oldest_age_seconds === null ? 'none' : duration(d.oldest_age_seconds), 'age'),
+          d.oldest_age_seconds === null ? 'none' : duration(d.oldest_age_seconds),
+          d.oldest_age_seconds === null ? 'the queue is empty' : 'since it was parked'),
         stat('Quarantined rows', 'dlq_quarantined_rows', d.quarantined_rows, undefined, `${fmt(d.quarantined_events)} events`)));
     }, { quiet });
     clearTimeout(instance.timer);
