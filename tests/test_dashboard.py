@@ -168,6 +168,7 @@ def walk(pg: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wal
         lines = ran.stdout.strip().splitlines()
         assert lines, (ran.returncode, ran.stderr)
         walk.report = json.loads(lines[-1])
+        (ARTIFACTS / "report.json").write_text(json.dumps(walk.report, indent=1))
         assert ran.returncode == 0, (walk.report["problems"], ran.stderr)
         yield walk
     finally:

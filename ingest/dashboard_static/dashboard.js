@@ -633,7 +633,12 @@
       show('signin', focus);
       return;
     }
-    const hash = decodeURIComponent(location.hash.slice(1));
+    let hash = location.hash.slice(1);
+    try {
+      hash = decodeURIComponent(hash);
+    } catch (_) {
+      // a hand-typed address with a stray %: taken as it is
+    }
     state.gen += 1;
     if (hash.startsWith('person/')) {
       show('person', focus);
