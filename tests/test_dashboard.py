@@ -272,6 +272,11 @@ def test_totals_and_charts_equal_the_api(walk: Walk) -> None:
             for p in series
         ]
     assert number(walk.report["a_24h"]["fields"]["events"]) == 7  # the seed, as a check
+    custom = walk.report["a_custom"]
+    series = walk.api("/api/v1/stats/timeseries", interval="hour", **window_of(custom))["points"]
+    assert number(custom["fields"]["events"]) == sum(p["events"] for p in series) == 7
+    assert custom["fields"]["users"] == ""  # no unique-user total for a custom range
+    assert custom["chartBars"] == len(series)
     assert number(walk.report["a_7d"]["fields"]["events"]) == 8
 
 
@@ -405,7 +410,7 @@ def test_another_projects_key_never_shows_this_projects_data(walk: Walk) -> None
 
 def test_a_screenshot_of_each_view_is_saved(walk: Walk) -> None:
     names = sorted(Path(p).name for p in walk.report["screenshots"])
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         data = (ARTIFACTS / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name

@@ -126,6 +126,20 @@ const WAIT = { timeout: 20000 };
     report.a_bots = await overview();
     await shot('05-overview-a-bots');
     await reload(() => page.uncheck('#bots'));
+    // A custom range (UTC inputs): from two days ago to this minute.
+    await reload(async () => {
+      await page.selectOption('#range', 'custom');
+      await settled('#view-overview');
+    });
+    const stamp = (ms) => new Date(ms).toISOString().slice(0, 16);
+    const now = Date.now();
+    await page.fill('#from', stamp(now - 2 * 86400000));
+    await reload(async () => {
+      await page.fill('#to', stamp(now));
+      await page.press('#to', 'Enter');
+    });
+    report.a_custom = await overview();
+    await shot('05b-overview-a-custom');
     await reload(() => page.selectOption('#range', '24h'));
 
     // 3. The live tail, reached with the keyboard: an event sent now appears by itself.
