@@ -260,7 +260,7 @@
       s('title', {}, `${utc(p.t)} UTC: ${fmt(p.events)} events, ${fmt(p.users)} users`)));
     });
     const line = points.map((p, i) => `${(L + (i + 0.5) * band).toFixed(1)},${y(p.users).toFixed(1)}`).join(' ');
-    svg.append(s('polyline', { points: line, class: 'line-users' }));
+    svg.append(s('polyline', { points: line, class: points.length > 60 ? 'line-users dense' : 'line-users' }));
     const ticks = Math.min(points.length, 6);
     for (let k = 0; k < ticks; k += 1) {
       const i = ticks === 1 ? 0 : Math.round((k * (points.length - 1)) / (ticks - 1));
@@ -505,9 +505,13 @@
         stat('Events', 'person_events', p.events),
         stat('First seen', 'first_seen', p.first_seen, `${utc(p.first_seen)}`),
         stat('Last seen', 'last_seen', p.last_seen, `${utc(p.last_seen)}`));
+      // linked_ids and traits come with identity stitching; absent, they are not shown.
       const idsList = h('dl', { class: 'facts' },
         h('dt', {}, 'user ids'), h('dd', {}, ids(p.user_ids)),
-        h('dt', {}, 'anonymous ids'), h('dd', {}, ids(p.anonymous_ids)));
+        h('dt', {}, 'anonymous ids'), h('dd', {}, ids(p.anonymous_ids)),
+        Array.isArray(p.linked_ids) ? [h('dt', {}, 'linked ids'), h('dd', {}, ids(p.linked_ids))] : null);
+      const traits = p.traits && typeof p.traits === 'object' && Object.keys(p.traits).length
+        ? [h('h2', {}, 'Traits'), h('pre', { class: 'code' }, pretty(p.traits))] : null;
       const topEvents = topTable('person-event', 'Events of this person',
         p.top_events.map((r) => ({ value: r.event, events: r.events, users: null })), { users: false });
       const s1 = await sessions;
@@ -523,7 +527,7 @@
           : h('p', { class: 'muted' }, 'No sessions in this range.');
       return ready(
         h('p', { class: 'muted small' }, `In the ${win.label} (UTC times).`),
-        facts, idsList,
+        facts, idsList, traits,
         h('div', { class: 'two' },
           h('section', {}, h('h2', {}, 'Top events'), topEvents),
           h('section', {}, h('h2', {}, 'Sessions'), sessionsBlock)),
