@@ -9,10 +9,10 @@ log. Every request to anything but the Sluice origin is blocked and counted. Scr
 each view go to ``$SLUICE_TEST_ARTIFACTS/dashboard`` (default ``test-artifacts/``,
 gitignored).
 
-Two server features are still being built elsewhere (``include_bots`` and
-``by=browser|os|device_type``; ``/stats/sessions``): the server is probed once, and the
-page must show the numbers when it has them and the server's error text in that panel when
-it does not — both are asserted."""
+Features that arrive on the server separately (``by=browser|os|device_type`` still
+answers 400; ``include_bots`` and ``/stats/sessions`` have landed) are probed once: the
+page must show the numbers when the server has them and the server's error text in that
+panel when it does not — whichever holds is asserted."""
 
 from __future__ import annotations
 
