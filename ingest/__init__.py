@@ -49,6 +49,9 @@ Reading (a secret read key, ``auth/keys.py``; never a publishable token)::
                parameters, FINAL for client retries, ClickHouse read limits
                (time, memory, threads, result rows) on every query
 
+    GET / → /dashboard/: a single page over the read API, /healthz and   ingest/dashboard.py
+        /metrics (files in ingest/dashboard_static/, shipped in the wheel)
+
 Around it: process flags read by the hot path (``state.py``), metrics (``metrics.py``),
 configuration (``config.py``), logging (``logs.py``), the composition root, the boot
 recovery and the one-deadline shutdown (``app.py``), and the ``sluice`` command line

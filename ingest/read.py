@@ -1,5 +1,5 @@
 """The read API: ``GET /api/v1/events``, ``/api/v1/stats/{timeseries,top,active-users}``,
-``/api/v1/sessions`` and ``/api/v1/persons/{id}``.
+``/api/v1/sessions``, ``/api/v1/persons/{id}`` and ``/api/v1/project`` (the key's project).
 
 Enters: a GET with ``Authorization: Bearer sluice_sk_…`` (a secret read key,
 :mod:`auth.keys`) and query parameters. Leaves: JSON (shapes in the README's *Reading
@@ -63,6 +63,7 @@ ACTIVE_USERS_PATH = "/api/v1/stats/active-users"
 SESSIONS_PATH = "/api/v1/sessions"
 SESSION_STATS_PATH = "/api/v1/stats/sessions"
 PERSON_PATH = "/api/v1/persons/{person_id:.+}"  # an id may hold a (%2F-encoded) slash
+PROJECT_PATH = "/api/v1/project"  # the key's project: what the dashboard's header shows
 
 DEFAULT_WINDOW = timedelta(days=7)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1_000
@@ -509,6 +510,15 @@ async def person(
     )
 
 
+async def project_info(
+    request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
+) -> web.Response:
+    """``{"project_id", "name"}`` of the key's project (one Postgres row; the key lookup
+    just showed it exists and is not deleted)."""
+    name = await side.service.pool.fetchval("SELECT name FROM projects WHERE id = $1", project)
+    return _json(200, {"project_id": str(project), "name": name})
+
+
 def add_read_routes(app: web.Application, service: Any) -> None:
     """Register the read API on ``app`` (called once, from ``ingest.http.build_app``)."""
     side = ReadSide(service)
@@ -532,4 +542,5 @@ def add_read_routes(app: web.Application, service: Any) -> None:
     app.router.add_get(SESSIONS_PATH, _read_endpoint({*window, "person", "limit", bots}, sessions))
     app.router.add_get(SESSION_STATS_PATH, _read_endpoint({*window, bots}, session_stats))
     app.router.add_get(PERSON_PATH, _read_endpoint(window, person))
+    app.router.add_get(PROJECT_PATH, _read_endpoint(set(), project_info))
     app.on_cleanup.append(side.close)
