@@ -521,8 +521,11 @@ class Reader:
         persons: tuple[str, ...] | None,
         limit: int,
         include_bots: bool = False,
+        after: tuple[int, str] | None = None,
     ) -> list[tuple]:
-        """Newest first: ``(session_id or None, person, start ms, end ms, events)``.
+        """Newest first: ``(session_id or None, person, start ms, end ms, events, key)``;
+        ties on the start by ``key`` (``s:`` + the session id, or ``p:`` + the person for
+        a gap session: unique per start). ``after`` is a cursor's ``(start ms, key)``.
 
         An event with a ``session_id`` belongs to that session. Events without one are
         grouped per (resolved) person: a gap of more than the session timeout starts a
@@ -533,13 +536,21 @@ class Reader:
         if persons is not None:
             where += f" AND {_RAW_PERSON} IN {{persons:Array(String)}}"
             params["persons"] = list(persons)
+        position = ""
+        if after is not None:
+            position = (
+                " WHERE start_ms < {after_ms:Int64} "
+                "OR (start_ms = {after_ms:Int64} AND key > {after_key:String})"
+            )
+            params["after_ms"], params["after_key"] = after
         sql = (
-            f"WITH {_LINKS} SELECT sid, who, toUnixTimestamp64Milli(first), "
-            f"toUnixTimestamp64Milli(last), n FROM ({self._sessions_sql(where)}) "
-            "ORDER BY first DESC, last DESC, who ASC LIMIT {limit:UInt32} " + self._settings
+            f"WITH {_LINKS} SELECT sid, who, toUnixTimestamp64Milli(first) AS start_ms, "
+            "toUnixTimestamp64Milli(last), n, if(sid IS NULL, concat('p:', ifNull(who, '')), "
+            f"concat('s:', sid)) AS key FROM ({self._sessions_sql(where)}){position} "
+            "ORDER BY start_ms DESC, key ASC LIMIT {limit:UInt32} " + self._settings
         )
         rows = await self._ch.query_rows(sql, params)
-        return [(sid, who, int(a), int(b), int(n)) for sid, who, a, b, n in rows]
+        return [(sid, who, int(a), int(b), int(n), str(k)) for sid, who, a, b, n, k in rows]
 
     async def session_stats(
         self, project: uuid.UUID, window: Window, include_bots: bool = False
