@@ -9,7 +9,8 @@ Which user agent: an event's own when its sender relayed it — the native ``use
 field, ``context.userAgent`` (Segment, RudderStack; also honoured on the native path),
 PostHog's ``properties.$raw_user_agent`` (:mod:`ingest.sdk` maps them) — else the
 request's ``User-Agent`` header. At most :data:`MAX_USER_AGENT_CHARS` characters are
-kept (longer ones are cut, never refused: posthog-js cuts at 1,000 too).
+kept (longer ones are cut, never refused: posthog-js cuts at 1,000 too), and a header's
+bytes that are not UTF-8 become U+FFFD.
 
 What comes out, and from what:
 
@@ -154,7 +155,21 @@ def describe(user_agent: str | None) -> Agent:
         return UNKNOWN
     if len(user_agent) > MAX_USER_AGENT_CHARS:
         user_agent = user_agent[:MAX_USER_AGENT_CHARS]
+    if not user_agent.isascii():
+        user_agent = _repaired(user_agent)
     return _describe(user_agent)
+
+
+def _repaired(user_agent: str) -> str:
+    """A header that was not UTF-8 reaches us with its bytes as lone surrogates (aiohttp
+    decodes with ``surrogateescape``), which JSON and Postgres cannot hold: each such
+    byte becomes U+FFFD. (An event's own agent was checked by validation already.)"""
+    try:
+        user_agent.encode()
+    except UnicodeEncodeError:
+        raw = user_agent.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "replace").replace("\x00", "")
+    return user_agent
 
 
 def _device_type(user_agent: str, os: str, device: str) -> str:

@@ -92,6 +92,24 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
         ("properties", "String"),
         ("extras", "String"),
         ("client_timestamp", "DateTime64(3, 'UTC')"),
+        # 0003: the user agent and what it says, then the page values ClickHouse computes
+        ("user_agent", "LowCardinality(String)"),
+        ("browser", "LowCardinality(String)"),
+        ("os", "LowCardinality(String)"),
+        ("device_type", "LowCardinality(String)"),
+        ("is_bot", "UInt8"),
+        *(
+            (name, "LowCardinality(String)")
+            for name in (
+                "path",
+                "referrer_domain",
+                "utm_source",
+                "utm_medium",
+                "utm_campaign",
+                "utm_term",
+                "utm_content",
+            )
+        ),
     ]
     (engine, sorting, partition, default_kinds) = clickhouse_rows(
         path,
@@ -104,7 +122,8 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
     assert partition == "toYYYYMM(client_timestamp)"
     # received_at is stamped by Sluice, never defaulted; client_timestamp defaults to
     # timestamp only for rows that lack it (stored before 0002).
-    assert default_kinds == [""] * 10 + ["DEFAULT"]
+    # The agent columns default to '' / 0 for rows stored before 0003.
+    assert default_kinds == [""] * 10 + ["DEFAULT"] * 6 + ["MATERIALIZED"] * 7
     # A fresh install keeps no copy of the (empty) table 0002 replaced.
     assert clickhouse_rows(path, "SELECT count() FROM system.tables "
                            "WHERE name LIKE 'events_raw_v1_%'") == [(0,)]  # fmt: skip
@@ -159,7 +178,7 @@ def test_0002_carries_stored_rows_over_and_completes_a_run_cut_short(tmp_path: P
                 " properties, extras) VALUES (generateUUIDv4(), generateUUIDv4(), 'old', "
                 "'2026-01-02 03:04:05.678', '2026-01-02 03:04:06', '{}', '{}')"
             )
-            assert [m.version for m in await clickhouse_up(ch)] == [2]
+            assert [m.version for m in await clickhouse_up(ch)] == [2, 3]
             await second.run_python(ch)
         finally:
             await ch.close()
