@@ -6,11 +6,12 @@ Pure: no I/O, no clock; it never raises for any string (an unknown agent is ``''
 everywhere and ``is_bot`` 0 — "unknown", which stats leave out).
 
 Which user agent: an event's own when its sender relayed it — the native ``user_agent``
-field, ``context.userAgent`` (Segment, RudderStack; also honoured on the native path),
-PostHog's ``properties.$raw_user_agent`` (:mod:`ingest.sdk` maps them) — else the
-request's ``User-Agent`` header. At most :data:`MAX_USER_AGENT_CHARS` characters are
-kept (longer ones are cut, never refused: posthog-js cuts at 1,000 too), and a header's
-bytes that are not UTF-8 become U+FFFD.
+field, which :mod:`ingest.sdk` fills from Segment's and RudderStack's
+``context.userAgent`` and PostHog's ``properties.$raw_user_agent`` — else the request's
+``User-Agent`` header. (A native event's ``context`` is not read: looking into it cost
+~0.5 µs an event on the benchmark's body, a third of validation.) At most
+:data:`MAX_USER_AGENT_CHARS` characters are kept (longer ones are cut, never refused:
+posthog-js cuts at 1,000 too), and a header's bytes that are not UTF-8 become U+FFFD.
 
 What comes out, and from what:
 

@@ -498,9 +498,6 @@ def _generic(raw: Raw | Rejected) -> tuple[Event, dict[str, Any]]:
     if agent is not None and type(agent) is not str:
         raise Invalid("user_agent must be a string")
     fields["user_agent"] = agent
-    if "context" in obj:  # a stray key, kept in extras; read for its userAgent
-        fields["context"] = obj["context"]
-        del more["context"]
     return Event(event=name, timestamp=ts, **fields), more
 
 
@@ -522,25 +519,6 @@ def _client_id(ev: Event, more: dict[str, Any]) -> int:
             more[key] = given
     assert found is not None
     return found
-
-
-class _Context(Struct, gc=False):
-    userAgent: Any = None  # Segment's spelling
-
-
-_decode_context = msgspec.json.Decoder(_Context).decode
-
-
-def _context_agent(context: Raw) -> str | None:
-    """``context.userAgent`` (Segment's, RudderStack's; a native client may send it too)
-    when it is a string. Decoded only when the text names it (~0.1 µs otherwise)."""
-    if b'"userAgent"' not in bytes(context):
-        return None
-    try:
-        agent = _decode_context(context).userAgent
-    except msgspec.DecodeError:  # not an object: kept in extras as sent, no agent
-        return None
-    return agent if type(agent) is str else None
 
 
 def _object(raw: Raw, key: str) -> Raw | None:
@@ -576,7 +554,7 @@ def validate(
     """Validate one request's decoded events (:func:`decode_request`) for ``project_id``
     (the UUID as an int): one row line per good event, the reason for each bad one.
     ``user_agent`` is the request's ``User-Agent`` header: an event's agent unless it
-    carries its own (``user_agent``, or ``context.userAgent``)."""
+    carries its own ``user_agent``."""
     buf = bytearray()
     count = 0
     errors: list[dict[str, Any]] = []
@@ -687,13 +665,11 @@ def validate(
             if base is not absent:
                 base = _object(base, "extras")
 
-            prefix = shared
-            agent = ev.user_agent
             if ev.context is not absent:  # a stray key the typed pass knows
                 more = more or {}
                 more["context"] = ev.context
-                if agent is None:
-                    agent = _context_agent(ev.context)
+            prefix = shared
+            agent = ev.user_agent  # a relayed event's own (ingest/enrich.py)
             if agent:
                 prefix = prefixes.get(agent)  # type: ignore[assignment]
                 if prefix is None:
