@@ -317,3 +317,24 @@ def test_0003_on_a_table_with_rows_gives_old_rows_page_values_and_no_agent(
     assert clickhouse_rows(path, f"SELECT event, {AGENT_SQL}, {PAGE_SQL} FROM events_raw_v1") == [
         ("old", "", "", "", "", 0, "/a/b", "bing.com", "seg", "cpc", "c1", "", "")
     ]
+
+
+def test_a_request_parses_at_most_max_agents_of_its_own_and_keeps_the_rest_as_sent() -> None:
+    """Past MAX_AGENTS_PER_REQUEST distinct agents in one request, an agent is stored as
+    sent and its values left unknown: invented agents cannot hold the event loop."""
+    from ingest.validate import MAX_AGENTS_PER_REQUEST
+
+    many = MAX_AGENTS_PER_REQUEST + 20
+    agents = [f"{CHROME_DESKTOP} build/{i}" for i in range(many)]
+    events = [{"event": "e", "timestamp": AT, "user_agent": a} for a in agents]
+    events.append({"event": "again", "timestamp": AT, "user_agent": agents[0]})
+    rows, errors = validate_rows(events, 7, AT, user_agent=CURL)
+    assert errors == []
+    values = [r[COLUMNS.index("user_agent") :] for r in rows]
+    assert values[:MAX_AGENTS_PER_REQUEST] == [
+        (a, "Chrome", "Windows", "desktop", 0) for a in agents[:MAX_AGENTS_PER_REQUEST]
+    ]
+    assert values[MAX_AGENTS_PER_REQUEST:many] == [
+        (a, "", "", "", 0) for a in agents[MAX_AGENTS_PER_REQUEST:]
+    ]
+    assert values[-1] == values[0]  # an agent already described in the request is reused
