@@ -245,6 +245,15 @@ async def test_a_parked_batch_replays_with_its_agent_columns_and_an_old_payload_
     ]
 
 
+def _v1_lines(lines: list[bytes]) -> bytes:
+    """Row lines as a version before 0003 wrote them (no agent values)."""
+    out = b""
+    for line in lines:
+        values = orjson.loads(line)
+        out += orjson.dumps([*values[:2], *values[7:]]) + b"\n"
+    return out
+
+
 def test_lines_of_a_log_segment_written_before_0003_are_upgraded_on_restore() -> None:
     """The write-ahead log holds row lines; a segment a version before 0003 left behind
     holds lines without the agent values. Restored into a batch, they become current
@@ -253,9 +262,7 @@ def test_lines_of_a_log_segment_written_before_0003_are_upgraded_on_restore() ->
     lines, _, _ = validate_batch([{"event": "e", "timestamp": AT, "properties": {"a": 1}}] * 3,
                                  project, AT, user_agent=SAFARI_IPHONE)  # fmt: skip
     current = b"".join(lines)
-    v1 = b"".join(
-        orjson.dumps([*(values := orjson.loads(line))[:2], *values[7:]]) + b"\n" for line in lines
-    )
+    v1 = _v1_lines(lines)
     assert upgrade_lines(current) is current
     upgraded = upgrade_lines(v1)
     assert upgraded != v1
@@ -338,3 +345,78 @@ def test_a_request_parses_at_most_max_agents_of_its_own_and_keeps_the_rest_as_se
         (a, "", "", "", 0) for a in agents[MAX_AGENTS_PER_REQUEST:]
     ]
     assert values[-1] == values[0]  # an agent already described in the request is reused
+
+
+def test_a_log_segment_left_by_a_version_before_0003_lands_at_boot(
+    start_server, project, tmp_path: Path
+) -> None:
+    """A server before 0003 died with accepted events in its write-ahead log; this
+    version boots on the same data directory, flushes them first, and they land with
+    '' and 0 for the agent and their page values from their own JSON."""
+    from ingest.wal import Wal
+
+    project_id, _ = project
+    data = tmp_path / "data"
+    props = {"$current_url": "https://a.example/from/log?utm_source=wal"}
+    lines, errors, _ = validate_batch(
+        [{"event": "from-log", "timestamp": AT + i, "properties": props} for i in range(5)],
+        project_id.int, AT, user_agent=CHROME_DESKTOP,
+    )  # fmt: skip
+    assert errors == []
+
+    async def write() -> None:
+        wal = Wal(data / "wal", 1 << 30)
+        assert wal.open() == []
+        await wal.append(uuid.uuid4().bytes, project_id.bytes, _v1_lines(lines), None)
+        await wal.close()
+
+    asyncio.run(write())
+    server = start_server(data_dir=data)
+    poll(lambda: server.healthz().json()["buffer"]["pending"] == 0)
+    assert server.stop() == 0, server.logs()
+    assert [r["events"] for r in server.log_events("wal_recovered")] == [5]
+    rows = clickhouse_rows(data / "clickhouse",
+                           f"SELECT event, {AGENT_SQL}, path, utm_source, count() "
+                           "FROM events_raw_v1 GROUP BY ALL")  # fmt: skip
+    assert rows == [("from-log", "", "", "", "", 0, "/from/log", "wal", 5)]
+
+
+def test_the_real_sdks_user_agents_are_not_bots_and_a_relayed_agent_is_used(
+    start_server, project
+) -> None:
+    """analytics-python and posthog-python, unchanged: each request carries the SDK's
+    own User-Agent (not a bot); an event relayed with the visitor's agent in Segment's
+    context or PostHog's $raw_user_agent gets that agent."""
+    from posthog import Posthog
+    from segment.analytics.client import Client
+
+    _, token = project
+    server = start_server()
+    errors: list[Any] = []
+    segment = Client(token, host=server.url, max_retries=1,
+                     on_error=lambda e, batch: errors.append(e))  # fmt: skip
+    segment.track("u1", "seg-own", timestamp=None)
+    segment.track("u1", "seg-relayed", context={"userAgent": SAFARI_IPHONE,
+                                                "campaign": {"source": "mail"}})  # fmt: skip
+    segment.flush()
+    segment.join()
+    posthog = Posthog(token, host=server.url, max_retries=1, disable_geoip=True,
+                      on_error=lambda e, batch: errors.append(e),
+                      enable_exception_autocapture=False)  # fmt: skip
+    posthog.capture("ph-own", distinct_id="d1")
+    posthog.capture("ph-relayed", distinct_id="d1",
+                    properties={"$raw_user_agent": GOOGLEBOT, "$pathname": "/blog"})  # fmt: skip
+    posthog.flush()
+    posthog.shutdown()
+    assert errors == []
+    assert server.stop() == 0, server.logs()
+    rows = _rows(server.data_dir)
+    assert set(rows) == {"seg-own", "seg-relayed", "ph-own", "ph-relayed"}
+    assert rows["seg-own"][0].startswith("analytics-python/")
+    assert rows["ph-own"][0].startswith("posthog-python/")
+    for own in ("seg-own", "ph-own"):
+        assert rows[own][1:5] == ("", "", "", 0), rows[own]
+    assert rows["seg-relayed"][:5] == _agent(SAFARI_IPHONE)
+    assert rows["seg-relayed"][5:] == ("", "", "mail", "", "", "", "")
+    assert rows["ph-relayed"][:5] == _agent(GOOGLEBOT)
+    assert rows["ph-relayed"][5:] == ("/blog", "", "", "", "", "", "")
