@@ -34,6 +34,9 @@ Per event:
   means absent), ≤ 200 characters. When both spellings are sent and differ, the
   snake_case one is stored and the camelCase one is kept in ``extras``.
 * ``properties`` — object, default ``{}``.
+* ``user_agent`` — optional string: the device's agent when a server relays the event;
+  without it, the request's ``User-Agent`` header (passed in) is the event's. Either is
+  described by :mod:`ingest.enrich` (browser, os, device type, bot) into the row line.
 * ``uuid`` / ``event_id`` / ``messageId`` — optional client id (a UUID). It makes a retry
   of the same event land once. Without it Sluice mints a UUIDv7. Within one request, a
   second event with an id already accepted is rejected (``duplicate id in batch``):
@@ -48,6 +51,14 @@ Per event:
 Object values (``properties``, ``extras``, and every stray field's value) are stored as
 the client sent them, byte for byte, except for whitespace between tokens when the body
 had line breaks; ``extras`` keys come in no guaranteed order.
+
+User agents: the header's values are encoded once per request into the prefix every
+line of the request shares (with the project id and ``received_at``), so they cost
+nothing per event (measured on the benchmark's body: 1.60–1.76 µs per event with them,
+1.65–1.87 without, min of 25 runs in three rounds — within noise); an event with an
+agent of its own gets the prefix of that agent, made once per distinct agent in the
+request (~+0.1 µs per event with 10 distinct agents in 100 events), for at most
+:data:`MAX_AGENTS_PER_REQUEST` agents.
 
 Time: ``received_at`` is stamped once per request. With ``sent_at``, each timestamp is
 corrected for client clock skew (``timestamp + (received_at - sent_at)``); a result more

@@ -7,6 +7,9 @@ events_raw_v1 gains, additively (ADD COLUMN IF NOT EXISTS; nothing renamed or re
     path, referrer_domain, utm_source, utm_medium, utm_campaign, utm_term, utm_content
                                           LowCardinality(String) MATERIALIZED …
 
+Adding the columns changes only the table's metadata: instant on a table of any size.
+MATERIALIZED columns are not part of `SELECT *`; name them.
+
 Two kinds, each computed where it costs least (figures in ingest/enrich.py):
 
 * From the user agent (the request's User-Agent header, or the event's own from the
@@ -38,6 +41,9 @@ from typing import Any
 
 # One parse of each JSON column per row: every column below repeats these exact
 # expressions, and ClickHouse computes an expression that occurs several times once.
+# Measured on 1M benchmark rows in chdb, CPU per inserted row: 3.2 µs without these
+# columns, 4.1 µs with them, 7.1 µs with one JSONExtractString per key (19 parses).
+# JSONExtract into a Tuple of Strings takes a number as its text and never fails a row.
 PROPS = (
     "JSONExtract(properties, 'Tuple(path String, `$pathname` String, `$current_url` String, "
     "url String, referrer String, `$referrer` String, utm_source String, utm_medium String, "
