@@ -27,8 +27,9 @@ What comes out, and from what:
 * ``is_bot`` — 1 for crawlers, spiders, link-preview fetchers and headless browsers:
   uap-core's ``Spider`` device, or a match in the ``crawler-user-agents`` list
   (monperrus/crawler-user-agents, ~1,500 patterns, maintained with tags) **except**
-  its ``http-library`` entries (``curl``, ``python-requests``, ``Go-http-client``,
-  ``axios``, ``node-fetch``, ``okhttp``…). Those are how a customer's own backend sends
+  its ``http-library`` entries (``curl``, ``python-requests``, ``Python-urllib``,
+  ``Go-http-client``, ``axios``, ``node-fetch``, ``okhttp``…), which also overrule
+  uap's ``Spider`` (it files some libraries there). Those are how a customer's own backend sends
   events — the README's quick start is a curl line; server SDKs (analytics-python,
   posthog-node) send their own names, which no list holds — and an event reaches Sluice
   only with the project's token: a crawler that fetches pages does not run the site's
@@ -98,11 +99,9 @@ class _Matchers:
         from ua_parser import Parser
         from ua_parser.loaders import load_lazy_builtins
 
-        patterns = [
-            entry["pattern"]
-            for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA
-            if LIBRARY_TAG not in entry.get("tags", ())
-        ]
+        data = crawleruseragents.CRAWLER_USER_AGENTS_DATA
+        patterns = [e["pattern"] for e in data if LIBRARY_TAG not in e.get("tags", ())]
+        libraries = [e["pattern"] for e in data if LIBRARY_TAG in e.get("tags", ())]
         try:
             import ua_parser_rs
             from ua_parser.regex import Resolver
@@ -113,6 +112,8 @@ class _Matchers:
             chunks = [re.compile("|".join(patterns[i : i + 25]))
                       for i in range(0, len(patterns), 25)]  # fmt: skip
             self.crawler = lambda ua: any(c.search(ua) for c in chunks)
+            library = re.compile("|".join(libraries))
+            self.library = lambda ua: library.search(ua) is not None
             return
         self.parse = Parser(Resolver(load_lazy_builtins())).parse
         # The crawler patterns as one Rust regex set: uap's extractor takes (regex,
@@ -121,6 +122,11 @@ class _Matchers:
         crawlers = ua_parser_rs.UserAgentExtractor([(p, "bot", None, None, None, None)
                                                     for p in patterns])  # fmt: skip
         self.crawler = lambda ua: crawlers.extract(ua) is not None
+        # uap-core files some HTTP libraries (Python-urllib, Java, …) under its Spider
+        # device: the list's http-library entries overrule it.
+        libs = ua_parser_rs.UserAgentExtractor([(p, "lib", None, None, None, None)
+                                                for p in libraries])  # fmt: skip
+        self.library = lambda ua: libs.extract(ua) is not None
 
 
 _matchers: _Matchers | None = None
@@ -148,7 +154,9 @@ def _describe(user_agent: str) -> Agent:
     browser = parsed.user_agent.family if parsed.user_agent is not None else ""
     os = parsed.os.family if parsed.os is not None else ""
     device = parsed.device.family if parsed.device is not None else ""
-    bot = device == "Spider" or _matchers.crawler(user_agent)
+    bot = _matchers.crawler(user_agent) or (
+        device == "Spider" and not _matchers.library(user_agent)
+    )
     browser = "" if browser == "Other" else browser
     os = "" if os == "Other" else os
     kind = "bot" if bot else _device_type(user_agent, os, device)

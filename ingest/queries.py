@@ -91,48 +91,27 @@ _LINKS = (
 # as a hash (0: no person) and as text.
 PERSON = "transform(x.ph, link_from, link_to, x.ph)"
 PERSON_NAME = "transform(x.ph, link_from, link_user, ifNull(x.who, ''))"
-# An event's bot flag (the enrichment column once stored; 0 before).
-IS_BOT = "0"
+# An event's bot flag (enrichment column, migration 0003).
+IS_BOT = "is_bot"
 PAGE_EVENTS = ("$pageview", "$screen", "page_view", "pageview", "page")
 
-_URL = (
-    "coalesce(nullIf(JSONExtractString(properties, '$current_url'), ''), "
-    "nullIf(JSONExtractString(properties, 'url'), ''), "
-    "nullIf(JSONExtractString(extras, 'context', 'page', 'url'), ''), '')"
-)
-_REFERRER = (
-    "coalesce(nullIf(JSONExtractString(properties, 'referrer'), ''), "
-    "nullIf(JSONExtractString(properties, '$referrer'), ''), "
-    "nullIf(JSONExtractString(extras, 'context', 'page', 'referrer'), ''), '')"
-)
-
-
-def _utm(name: str) -> str:
-    return (
-        f"coalesce(nullIf(JSONExtractString(properties, '{name}'), ''), "
-        f"nullIf(extractURLParameter({_URL}, '{name}'), ''), '')"
-    )
-
-
-# /api/v1/stats/top?by=…: the dimension → its expression (derived from `properties` at
-# query time; a materialized column is later work). An empty value is "not set" and is
-# left out of the ranking.
+# /api/v1/stats/top?by=…: the dimension → its column (the enrichment columns of migration
+# 0003: page values computed by ClickHouse at insert, user-agent values by Sluice; see
+# the README's *Enrichment*). An empty value is "not set" and is left out of the ranking.
 TOP_DIMENSIONS = {
-    "event": "toString(event)",
-    "path": (
-        "coalesce(nullIf(JSONExtractString(properties, 'path'), ''), "
-        "nullIf(JSONExtractString(extras, 'context', 'page', 'path'), ''), "
-        f"nullIf(path({_URL}), ''), '')"
-    ),
-    "referrer_domain": f"domainWithoutWWW({_REFERRER})",
-    "utm_source": _utm("utm_source"),
-    "utm_medium": _utm("utm_medium"),
-    "utm_campaign": _utm("utm_campaign"),
+    name: f"toString({name})"
+    for name in (
+        "event",
+        "path",
+        "referrer_domain",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "browser",
+        "os",
+        "device_type",
+    )
 }
-
-
-# Accepted by the API but not computed yet: they need user-agent parsing.
-LATER_DIMENSIONS = ("browser", "os", "device_type")
 
 
 @dataclass(frozen=True)
@@ -191,7 +170,7 @@ def _with_persons(columns: str, where: str, final: bool = True) -> str:
 
 
 def _bots(include_bots: bool) -> str:
-    return "" if include_bots or IS_BOT == "0" else f" AND NOT {IS_BOT}"
+    return "" if include_bots else f" AND {IS_BOT} = 0"
 
 
 DAILY, HOURLY, FOLDED = "rollup_daily_v1", "rollup_hourly_v1", "rollup_days_v1"

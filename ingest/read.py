@@ -44,7 +44,6 @@ from aiohttp import web
 from auth import keys, tokens
 from ingest.queries import (
     FILTER_COLUMNS,
-    LATER_DIMENSIONS,
     TOP_DIMENSIONS,
     EventsQuery,
     Reader,
@@ -437,11 +436,7 @@ async def timeseries(
 async def top(
     request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
 ) -> web.Response:
-    by = params.choice("by", (*TOP_DIMENSIONS, *LATER_DIMENSIONS), None)
-    if by in LATER_DIMENSIONS:
-        raise BadParameter(
-            "by", f"by={by} is not available yet (it needs user-agent parsing, later work)"
-        )
+    by = params.choice("by", tuple(TOP_DIMENSIONS), None)
     limit = params.integer("limit", DEFAULT_TOP_LIMIT, 1, MAX_TOP_LIMIT)
     window = params.window(_now_ms())
     rows = await side.reader.top(

@@ -28,7 +28,7 @@ from conftest import make_project
 from support import SLUICE, Response, Server, clickhouse_rows, poll, request
 
 from auth import keys
-from ingest.read import encode_cursor
+from ingest.read import encode_cursor, encode_session_cursor
 from storage.postgres import create_pool
 
 TTL = "1s"  # INGEST_TOKEN_CACHE_TTL of every server here
@@ -203,7 +203,13 @@ def test_filters_and_hostile_values_never_reach_another_project(world: World) ->
                        **window).json()  # fmt: skip
     assert [p["events"] for p in series["points"]] == [0] * 5
     assert world.get("/api/v1/stats/top", a.key, by="event", event=hostile).json()["rows"] == []
-    assert world.get("/api/v1/sessions", a.key, person=hostile).json() == {"sessions": []}
+    assert world.get("/api/v1/sessions", a.key, person=hostile).json() == {
+        "sessions": [],
+        "next_cursor": None,
+    }
+    crafted_session = encode_session_cursor(10**13, "p:' OR 1=1 --")  # a hostile position
+    sessions = world.get("/api/v1/sessions", a.key, cursor=crafted_session, **window).json()
+    assert {s["person"] for s in sessions["sessions"]} == {"u1", "anon1", "shared", "anon2"}
 
     # the project is never a parameter
     for name in ("project_id", "project", "token"):
@@ -243,7 +249,7 @@ def test_filters_and_hostile_values_never_reach_another_project(world: World) ->
         ("/api/v1/stats/timeseries", {"interval": "week"}, "interval"),
         ("/api/v1/stats/timeseries", {"interval": "hour", "since": "2020-01-01"}, "since"),
         ("/api/v1/stats/top", {}, "by"),
-        ("/api/v1/stats/top", {"by": "browser"}, "by"),
+        ("/api/v1/stats/top", {"by": "user_agent"}, "by"),
         ("/api/v1/stats/top", {"by": "project_id"}, "by"),
         ("/api/v1/stats/top", {"by": "event", "limit": "101"}, "limit"),
         ("/api/v1/stats/active-users", {"at": "now"}, "at"),
