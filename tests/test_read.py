@@ -774,3 +774,52 @@ def test_session_stats_count_durations_bounces_and_pages(world: World) -> None:
         world.get("/api/v1/stats/sessions", a.key, include_bots="maybe").json()["parameter"]
         == "include_bots"
     )
+
+
+def test_bots_are_left_out_of_stats_unless_asked_for(world: World) -> None:
+    """A crawler's events (here Googlebot's, by the native `user_agent` field, and a
+    headless browser's, by the request's User-Agent header) are stored and listed, but
+    every stats endpoint leaves them out unless include_bots=true."""
+    a, h0, m = world.a, world.h0, timedelta(minutes=1)
+    googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    crawl = [
+        ev("page_view", h0 + 30 * m, anonymousId="crawler-1", user_agent=googlebot,
+           properties={"path": "/pricing"}),
+        ev("page_view", h0 + 31 * m, anonymousId="crawler-1", user_agent=googlebot,
+           properties={"path": "/sitemap"}),
+    ]  # fmt: skip
+    assert world.server.post({"token": a.token, "events": crawl}).status == 202
+    headless = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+                "(KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36"}  # fmt: skip
+    preview = ev("page_view", h0 + 32 * m, anonymousId="crawler-2")
+    response = request(world.server.ingest_url, method="POST", headers=headless,
+                       body={"token": a.token, "events": [preview]})  # fmt: skip
+    assert response.status == 202
+    poll(lambda: len(all_events(world, a.key)) == len(a.events) + 3)  # stored and listed
+
+    def stats(**params: Any) -> tuple:
+        w = world.window()
+        series = world.get("/api/v1/stats/timeseries", a.key, interval="hour", **w, **params)
+        top = world.get("/api/v1/stats/top", a.key, by="path", **w, **params)
+        device = world.get("/api/v1/stats/top", a.key, by="device_type", **w, **params)
+        active = world.get("/api/v1/stats/active-users", a.key,
+                           at=iso(h0 + timedelta(hours=5)), **params)  # fmt: skip
+        sessions = world.get("/api/v1/stats/sessions", a.key, **w, **params)
+        return (
+            series.json()["points"][0],
+            {r["value"]: r["events"] for r in top.json()["rows"]},
+            {r["value"]: r["events"] for r in device.json()["rows"]},
+            active.json()["dau"],
+            sessions.json()["sessions"],
+        )
+
+    point, paths, devices, dau, sessions = stats()
+    assert (point["events"], point["users"]) == (2, 2)  # as before the crawlers came
+    assert paths == {"/pricing": 2, "/docs": 1}
+    assert "bot" not in devices
+    assert (dau, sessions) == (4, 5)
+    point, paths, devices, dau, sessions = stats(include_bots="true")
+    assert (point["events"], point["users"]) == (5, 4)
+    assert paths == {"/pricing": 3, "/docs": 1, "/sitemap": 1}
+    assert devices["bot"] == 3
+    assert (dau, sessions) == (6, 7)
