@@ -9,9 +9,10 @@ secret read key (`sluice keys create`):
   bytes      bytes on disk per stored event: active parts in system.parts after the
              merge, and each column's share (system.columns)           → bytes_per_event
   latency    every stats endpoint over the last 30 and the last 90 days: one request to
-             probe (a 400 or 404 — not served, or not over that range — is listed and
-             skipped), then sequential requests on one keep-alive connection, up to
-             READ_SAMPLES or READ_ENDPOINT_SECONDS (at least MIN_SAMPLES)  → p50_ms, p95_ms
+             probe (a 400 or 404 — not served, or not over that range — and a 503 —
+             cut off by a read limit — are listed and skipped), then sequential
+             requests on one keep-alive connection, up to READ_SAMPLES or
+             READ_ENDPOINT_SECONDS (at least MIN_SAMPLES)            → p50_ms, p95_ms
   ingest     the accept phase's load (wrk -t2 -c64, 100-event bodies of the bench body)
              into another project of the same store, READ_ROUNDS rounds of
              READ_ROUND_SECONDS without and with one reader looping over the 30-day stats

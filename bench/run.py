@@ -20,6 +20,11 @@ Phases:
   shapes     1-event, 5,000-event, gzip and 10%-invalid bodies (one row each)
   memory     RSS idle, and with the default buffer (INGEST_EVENT_BUFFER) full
   drain      a 1,000,000-event dead-letter backlog replayed            → drain_events_per_s
+  read       10 million events seeded over 90 days; p50/p95 of every stats endpoint
+             over 30 and 90 days, bytes on disk per event, ingest with and without a
+             reader looping over the stats endpoints (bench/read.py; alone: make
+             bench-read)                    → read.p95_ms_max_30d, read.bytes_per_event,
+                                              read.ingest_ratio
 Every phase with storage ends with the server stopped and ClickHouse counted: `loss` is
 events answered 202 and missing from ClickHouse; `errors` is responses other than
 2xx/503 plus transport errors.
@@ -72,6 +77,8 @@ from common import (
     write_body,
     wrk,
 )
+from read import phase_read, print_endpoints
+from read import table_rows as read_table_rows
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))  # the sustained phase (≥ 20 s)
 ROUNDS = 3  # accept and baseline, interleaved
@@ -416,6 +423,9 @@ def main() -> int:
     drain = phase_drain(WORK / "drain")
     log(f"drain: {drain}")
 
+    log("read: the read phase (bench/read.py)")
+    read = phase_read(WORK)
+
     errors = (base["errors"] + acc["wrk"]["errors"] + mem_acc["wrk"]["errors"]
               + sus["wrk"]["errors"] + lat["errors"]
               + sum(s["errors"] for s in shapes))  # fmt: skip
@@ -450,6 +460,7 @@ def main() -> int:
         "load_generator_headroom": base["rps"] / max(acc["wrk"]["rps"], 1),
         "landed_events_per_s_incl_shutdown": sus["landed_events_per_s_incl_shutdown"],
         "shapes": shapes,
+        "read": read,
         "machine": info,
         "details": {
             "baseline": base,
@@ -511,6 +522,10 @@ def print_table(r: dict) -> None:
     for s in r["shapes"]:
         print(f"| {s['shape']} | {s['rps']:,.0f} | {s['events_per_s']:,.0f} | {s['s503']} | "
               f"{s['errors']} | {s['loss']} |")  # fmt: skip
+    print("\n| figure | value | target |\n|---|---|---|")
+    for name, value, target in read_table_rows(r["read"]):
+        print(f"| {name} | {value} | {target} |")
+    print_endpoints(r["read"])
     print(f"\nmachine: {r['machine']}\nwritten: bench/results/latest.json")
 
 
