@@ -72,7 +72,7 @@ CHOSEN: dict[str, str | None] = {
     "event": None,
     "ids": "ZSTD(1)",
     "times": "Delta(8), ZSTD(1)",
-    "json": "ZSTD(3)",
+    "json": "ZSTD(1)",
 }
 CANDIDATES["chosen (0006)"] = CHOSEN
 

@@ -345,6 +345,7 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
         ("read: reader queries/s during ingest, p50 / p95 ms",
          f"{ing['reader_queries_per_s']:.1f}, {ing['reader_p50_ms'] or 0:.0f} / "
          f"{ing['reader_p95_ms'] or 0:.0f}", ""),
+        ("read: ingest errors / loss", f"{ing['errors']} / {ing['loss']}", "= 0 / 0"),
     ]  # fmt: skip
     return rows
 

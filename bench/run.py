@@ -428,8 +428,9 @@ def main() -> int:
 
     errors = (base["errors"] + acc["wrk"]["errors"] + mem_acc["wrk"]["errors"]
               + sus["wrk"]["errors"] + lat["errors"]
-              + sum(s["errors"] for s in shapes))  # fmt: skip
-    loss = sus["loss"] + lat["loss"] + sum(s["loss"] for s in shapes) + mem["loss"] + drain["loss"]
+              + sum(s["errors"] for s in shapes) + read["ingest"]["errors"])  # fmt: skip
+    loss = (sus["loss"] + lat["loss"] + sum(s["loss"] for s in shapes) + mem["loss"]
+            + drain["loss"] + read["ingest"]["loss"])  # fmt: skip
     result = {
         "baseline_rps": base["rps"],
         "accept_rps": acc["wrk"]["rps_202"],

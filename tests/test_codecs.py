@@ -17,8 +17,8 @@ CHOSEN = {
     "session_id": "CODEC(ZSTD(1))",
     "timestamp": "CODEC(Delta(8), ZSTD(1))",
     "received_at": "CODEC(Delta(8), ZSTD(1))",
-    "properties": "CODEC(ZSTD(3))",
-    "extras": "CODEC(ZSTD(3))",
+    "properties": "CODEC(ZSTD(1))",
+    "extras": "CODEC(ZSTD(1))",
     "client_timestamp": "CODEC(Delta(8), ZSTD(1))",
 }
 
