@@ -16,7 +16,8 @@ secret read key (`sluice keys create`):
   ingest     the accept phase's load (wrk -t2 -c64, 100-event bodies of the bench body)
              into another project of the same store, READ_ROUNDS rounds of
              READ_ROUND_SECONDS without and with one reader looping over the 30-day stats
-             endpoints, interleaved (the order alternates per round)  → ingest_ratio
+             endpoints that answered (sessions included), interleaved (the order
+             alternates per round)                                   → ingest_ratio
              = 202s per second with the reader ÷ without.
 
 Decisions:
@@ -95,6 +96,12 @@ def endpoints(days: int, since: str, until: str) -> list[tuple[str, str]]:
         ("events (list)", "/api/v1/events?" + urlencode(window)),
     ]
     return out
+
+
+def is_stats(path: str) -> bool:
+    """Every endpoint measured but the event list (there for comparison) is a stats one:
+    the 150 ms target applies to it, and the looping reader asks it."""
+    return not path.startswith("/api/v1/events")
 
 
 def iso(ms: int) -> str:
@@ -291,7 +298,7 @@ def phase_read(work: Path) -> dict:
         loop_paths = [
             path
             for name, path in endpoints(WINDOWS[0], since_30, iso(end_ms))
-            if name not in skipped_30 and "/stats/" in path
+            if name not in skipped_30 and is_stats(path)
         ]
         body = work / "bodies" / "b100-read.json"
         body.parent.mkdir(parents=True, exist_ok=True)
@@ -351,22 +358,36 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
 
 
 def print_endpoints(r: dict) -> None:
-    by_name: dict[str, dict[str, dict]] = {}
+    """One row per endpoint: p50 / p95 per window, or why it was not measured."""
+    cells: dict[str, dict[str, str]] = {}
+    over: set[str] = set()
     for window, rows in r["endpoints"].items():
         for row in rows:
-            by_name.setdefault(row["endpoint"], {})[window] = row
-    print(f"\n| endpoint ({r['events']:,} events) | 30 d p50 / p95 ms | 90 d p50 / p95 ms |")
+            cells.setdefault(row["endpoint"], {})[window] = (
+                f"{row['p50_ms']:,.0f} / {row['p95_ms']:,.0f}"
+            )
+            if window == "30d" and row["p95_ms"] > TARGET_P95_MS and is_stats(row["path"]):
+                over.add(row["endpoint"])
+    reasons: set[tuple[int, str]] = set()
+    for skip in r["skipped"]:
+        cut_off = skip["status"] == 503
+        cells.setdefault(skip["endpoint"], {})[f"{skip['days']}d"] = (
+            f"{skip['status']} after {skip['probe_ms'] / 1000:.1f} s" if cut_off
+            else str(skip["status"])
+        )  # fmt: skip
+        if cut_off and skip["days"] == WINDOWS[0]:
+            over.add(skip["endpoint"])
+        reasons.add((skip["status"], skip["error"]))
+    print(f"\n| endpoint ({r['events']:,} events), ms | 30 d p50 / p95 | 90 d p50 / p95 |")
     print("|---|---|---|")
-    for name, windows in by_name.items():
-        cells = []
-        for w in ("30d", "90d"):
-            row = windows.get(w)
-            cells.append(f"{row['p50_ms']:.0f} / {row['p95_ms']:.0f}" if row else "—")
-        mark = " ✗" if windows.get("30d", {}).get("p95_ms", 0) > TARGET_P95_MS else ""
-        print(f"| {name}{mark} | {cells[0]} | {cells[1]} |")
-    for s in r["skipped"]:
-        print(f"| {s['endpoint']} ({s['days']} d): skipped, {s['status']} | {s['error']} | |")
-    print(f"\ntarget: every stats endpoint p95 ≤ {TARGET_P95_MS:.0f} ms over 30 days (✗: not met)")
+    for name, by_window in cells.items():
+        mark = " ✗" if name in over else ""
+        row = [by_window.get(f"{d}d", "— (no window)" if name == "active-users" else "—")
+               for d in WINDOWS]  # fmt: skip
+        print(f"| {name}{mark} | {row[0]} | {row[1]} |")
+    for status, reason in sorted(reasons):
+        print(f"  {status}: {reason}")
+    print(f"target: every stats endpoint p95 ≤ {TARGET_P95_MS:.0f} ms over 30 days (✗: not met)")
 
 
 def main() -> int:
