@@ -41,13 +41,21 @@
 
 Reading (a secret read key, ``auth/keys.py``; never a publishable token)::
 
-    GET /api/v1/events · /stats/{timeseries,top,active-users}          ingest/read.py
-        · /sessions · /persons/{id}
+    GET /api/v1/events · /stats/{timeseries,top,active-users,sessions}  ingest/read.py
+        · /sessions · /persons/{id} · /project
         │  key → project (cached) · parameters checked (400 names one)
         ▼
     queries ── SQL for one project only, values bound as server-side  ingest/queries.py
-               parameters, FINAL for client retries, ClickHouse read limits
-               (time, memory, threads, result rows) on every query
+        │      parameters, FINAL for client retries, persons resolved
+        │      through person_links_v1 (identity stitching), ClickHouse
+        │      read limits (time, memory, threads, result rows)
+        │  finished days from the rollups, the rest from events_raw_v1
+        ▲
+    rollup ─── background pass: finished (and late-touched) days      ingest/rollup.py
+               folded from events_raw_v1 FINAL into per-person counts
+
+    GET / → /dashboard/: a single page over the read API, /healthz and   ingest/dashboard.py
+        /metrics (files in ingest/dashboard_static/, shipped in the wheel)
 
 Around it: process flags read by the hot path (``state.py``), metrics (``metrics.py``),
 configuration (``config.py``), logging (``logs.py``), the composition root, the boot

@@ -54,6 +54,7 @@ from ingest.flush import Flusher, UsageHook, no_usage
 from ingest.http import build_app
 from ingest.metrics import Metrics
 from ingest.retention import apply_retention
+from ingest.rollup import Rollup
 from ingest.state import State
 from ingest.wal import Wal, WalLocked
 from storage.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, open_clickhouse
@@ -109,12 +110,15 @@ class Service:
     flusher: Flusher
     drain: Drain
     wal: Wal | None = None
+    rollup: Rollup | None = None
     stalls: StallMonitor = field(default_factory=lambda: StallMonitor())
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
         s, b, r = self.state, self.buffer, self.resolver
+        rollup_pending = self.rollup.pending if self.rollup is not None else 0
         return {
+            "sluice_rollup_pending_days": ("Project-days waiting to be folded", rollup_pending),
             "sluice_buffer_pending_events": ("Events admitted, not yet durable", b.pending),
             "sluice_buffer_capacity_events": ("INGEST_EVENT_BUFFER", b.capacity),
             "sluice_dlq_depth_rows": ("Active dead-letter rows", s.dlq_rows),
@@ -152,6 +156,10 @@ class Service:
                 self.stalls.stalls,
             ),
         }
+        if self.rollup is not None:
+            r = self.rollup
+            out["sluice_rollup_folds"] = ("Project-days folded into the rollups", r.folded)
+            out["sluice_rollup_failures"] = ("Rollup passes that failed (retried)", r.failures)
         if self.wal is not None:
             w = self.wal.stats
             out.update(
@@ -273,7 +281,7 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
     )
     service = Service(
         config, state, metrics, buffer, pool, clickhouse, deadletter, resolver, flusher, drain,
-        wal,
+        wal, Rollup(clickhouse, config.rollup_interval),
     )  # fmt: skip
     metrics.add_gauges(service._gauges)
     metrics.add_counters(service._counters)
@@ -288,6 +296,7 @@ async def start_service(config: Config, *, usage_hook: UsageHook = no_usage) -> 
         raise
     service.tasks.append(flusher.start())
     service.tasks.append(asyncio.create_task(drain.run(), name="drain"))
+    service.tasks.append(asyncio.create_task(service.rollup.run(), name="rollup"))
     service.tasks.append(asyncio.create_task(service.stalls.run(), name="stall-monitor"))
     return service
 
@@ -346,6 +355,8 @@ async def stop_service(service: Service, deadline: float | None = None) -> int:
     reserve = min(CLOSE_RESERVE, grace * 0.2)
     service.state.shutting_down = True
     service.drain.stop()
+    if service.rollup is not None:
+        service.rollup.stop()
     flusher_task = service.flusher.task
     others = [t for t in service.tasks if t is not flusher_task]
     for task in others:  # the drain's open transaction rolls back: its rows stay put,

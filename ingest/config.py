@@ -83,6 +83,10 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     # The read API (ingest/read.py): every read query runs under these ClickHouse limits.
     "QUERY_MAX_EXECUTION_TIME": ("query_max_execution_time", "5s"),
     "QUERY_MAX_MEMORY_BYTES": ("query_max_memory_bytes", "536870912"),
+    # A person's events further apart than this start a new session (events without one).
+    "SESSION_TIMEOUT": ("session_timeout", "30m"),
+    # How often the rollup pass folds finished days into the rollup tables (ingest/rollup.py).
+    "ROLLUP_INTERVAL": ("rollup_interval", "60s"),
     # Raw events older than this many days are deleted by ClickHouse (ingest/retention.py).
     "EVENTS_RETENTION_DAYS": ("events_retention_days", "0"),
 }
@@ -93,6 +97,8 @@ _DURATION_FIELDS = (
     "shutdown_grace",
     "token_cache_ttl",
     "query_max_execution_time",
+    "session_timeout",
+    "rollup_interval",
 )
 _EXPECTED = {
     "port": "an integer from 1 to 65535",
@@ -142,6 +148,8 @@ class Config(BaseModel):
     token_stale_max: float
     read_timeout: float
     read_concurrency: int
+    session_timeout: float
+    rollup_interval: float
     events_retention_days: int  # 0 = off
 
     @field_validator(*_DURATION_FIELDS, mode="before")

@@ -546,4 +546,9 @@ def build_app(service: Any) -> web.Application:
     from ingest.read import add_read_routes  # imported here: the whole hook is this hunk
 
     add_read_routes(app, service)
+
+    # --- the dashboard (ingest/dashboard.py: GET / → /dashboard/, its files) ------------
+    from ingest.dashboard import add_dashboard_routes
+
+    add_dashboard_routes(app)
     return app

@@ -24,15 +24,23 @@ Rules every query here follows:
   key; ``FINAL`` collapses it at read time (ReplacingMergeTree keeps the last copy).
   ``active_users`` counts distinct persons, which copies cannot change, and skips FINAL.
 
-"Users" are distinct persons, ``coalesce(user_id, anonymous_id)`` — no identity
-stitching yet: a visitor who logs in counts twice (their anonymous id and their user id),
-and events with neither id are not counted as a user.
+**Persons (identity stitching).** An event's own person is ``ifNull(user_id,
+anonymous_id)``; ``person_links_v1`` (migration 0004, filled at insert by a materialized
+view) says which user id an anonymous id or alias belongs to: its earliest link, followed
+one more hop (an anonymous id linked to an id that was later aliased to another user).
+Every query that counts or lists persons joins the project's links (a small table: one row
+per link) and counts the resolved person, so a visitor who logs in is one person, for the
+events before the identify too. Persons are counted as 64-bit hashes of their id
+(``cityHash64``): ``uniqExact`` on strings itself compares 128-bit hashes; with 64 bits the
+chance that any two of a million persons collide is about 3·10⁻⁸. Events with neither id
+have no person and are counted as events only.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from storage.clickhouse import ClickHouse, ClickHouseError
@@ -51,15 +59,36 @@ LIMIT_CODES = {
 }
 
 # The filters of /api/v1/events: request parameter → column (fixed names, never input).
+# `person` is not a column: it is resolved through the links first (Reader.identity).
 FILTER_COLUMNS = {
     "event": "event",
     "user_id": "user_id",
     "anonymous_id": "anonymous_id",
     "session_id": "session_id",
-    "person": "coalesce(user_id, anonymous_id)",  # user_id, else anonymous_id
 }
+LINKS_TABLE = "person_links_v1"
+# An event's own person id (a user id, else its anonymous id) and its 64-bit hash (0: none).
+_RAW_PERSON = "ifNull(user_id, anonymous_id)"
+PERSON_HASH = (
+    "if(isNull(user_id) AND isNull(anonymous_id), 0, cityHash64(ifNull(user_id, anonymous_id)))"
+)
+# The project's links, resolved: other id (and its hash) → the user id it belongs to (and
+# its hash). Earliest link first, then one more hop.
+_LINKS = (
+    "links1 AS (SELECT other_id, argMin(user_id, first) AS user FROM (SELECT other_id, "
+    f"user_id, min(linked_at) AS first FROM {LINKS_TABLE} WHERE project_id = {{project:UUID}} "
+    "GROUP BY other_id, user_id) GROUP BY other_id), "
+    "links AS (SELECT l1.other_id AS other_id, cityHash64(l1.other_id) AS h, "
+    "if(l2.user != '', l2.user, l1.user) AS user, cityHash64(user) AS to "
+    "FROM links1 AS l1 LEFT ANY JOIN links1 AS l2 ON l2.other_id = l1.user)"
+)
+# The resolved person of a row of `_with_persons(...)`, as a hash (0: no person) and as text.
+PERSON = "if(l.to != 0, l.to, x.ph)"
+PERSON_NAME = "if(l.to != 0, l.user, x.who)"
+# An event's bot flag (the enrichment column once stored; 0 before).
+IS_BOT = "0"
+PAGE_EVENTS = ("$pageview", "$screen", "page_view", "pageview", "page")
 
-_PERSON = "coalesce(user_id, anonymous_id)"
 _URL = (
     "coalesce(nullIf(JSONExtractString(properties, '$current_url'), ''), "
     "nullIf(JSONExtractString(properties, 'url'), ''), "
@@ -94,7 +123,8 @@ TOP_DIMENSIONS = {
     "utm_medium": _utm("utm_medium"),
     "utm_campaign": _utm("utm_campaign"),
 }
-SESSION_GAP_MS = 30 * 60_000  # events of one person further apart start a new session
+
+
 # Accepted by the API but not computed yet: they need user-agent parsing.
 LATER_DIMENSIONS = ("browser", "os", "device_type")
 
@@ -144,6 +174,91 @@ def _base(project: uuid.UUID, window: Window) -> dict[str, Any]:
     return {"project": str(project), "since_ms": window.since_ms, "until_ms": window.until_ms}
 
 
+def _with_persons(columns: str, where: str, final: bool = True) -> str:
+    """``FROM`` clause: the project's events matching ``where`` (``columns`` plus ``ph``,
+    the event's own person hash, and ``who``, its id), each joined to its link ``l``: read
+    :data:`PERSON` / :data:`PERSON_NAME` from it. The query must start ``WITH {_LINKS}``."""
+    return (
+        f"(SELECT {columns}, {PERSON_HASH} AS ph, {_RAW_PERSON} AS who FROM {TABLE}"
+        f"{' FINAL' if final else ''} WHERE {where}) AS x "
+        "LEFT ANY JOIN links AS l ON l.h = x.ph"
+    )
+
+
+def _bots(include_bots: bool) -> str:
+    return "" if include_bots or IS_BOT == "0" else f" AND NOT {IS_BOT}"
+
+
+DAILY, HOURLY, FOLDED = "rollup_daily_v1", "rollup_hourly_v1", "rollup_days_v1"
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Rolled:
+    """The days of a window served from the rollups: folded, and wholly inside it."""
+
+    days: tuple[str, ...] = ()  # 'YYYY-MM-DD'
+    versions: tuple[int, ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        return {"rdays": list(self.days), "rver": list(self.versions)}
+
+    def within(self, window: Window) -> Rolled:
+        """The days of these wholly inside ``window``."""
+        kept = [
+            (d, v)
+            for d, v in zip(self.days, self.versions, strict=True)
+            if window.since_ms <= _day_ms(d) and _day_ms(d) + DAY_MS <= window.until_ms
+        ]
+        return Rolled(tuple(d for d, _ in kept), tuple(v for _, v in kept))
+
+
+def _day_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _day_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+NOT_ROLLED = Rolled()
+
+
+def _mixed(
+    rolled: Rolled,
+    table: str,
+    dim: str,
+    rollup_value: str,
+    rollup_bucket: str,
+    raw_value: str,
+    raw_bucket: str,
+    raw_where: str,
+    include_bots: bool,
+) -> str:
+    """``FROM`` clause: rows ``(t, value, ph, n)`` — a bucket, a value, an own-person
+    hash and a count of distinct events — from the rollup ``table`` (dimension ``dim``) for
+    the rolled days and from the raw events (FINAL) for the rest of the window, each
+    joined to its link ``l`` (read :data:`PERSON`). The query must start ``WITH {_LINKS}``
+    and bind :meth:`Rolled.params` and the window. ``dim`` and the expressions are
+    constants of this module, never input."""
+    day = "toDate(hour)" if table == HOURLY else "day"
+    bots = "" if include_bots else " AND is_bot = 0"
+    rollup = (
+        f"SELECT {rollup_bucket} AS t, {rollup_value} AS value, person AS ph, events AS n "
+        f"FROM {table} WHERE project_id = {{project:UUID}} AND dim = '{dim}' "
+        f"AND has({{rdays:Array(Date)}}, {day}) "
+        f"AND version = {{rver:Array(UInt64)}}[indexOf({{rdays:Array(Date)}}, {day})]{bots}"
+    )
+    raw = (
+        f"SELECT {raw_bucket} AS t, {raw_value} AS value, {PERSON_HASH} AS ph, "
+        f"toUInt64(1) AS n FROM {TABLE} FINAL WHERE {raw_where}{_bots(include_bots)} "
+        "AND NOT has({rdays:Array(Date)}, toDate(timestamp))"
+    )
+    if not rolled.days:
+        return f"({raw}) AS x LEFT ANY JOIN links AS l ON l.h = x.ph"
+    return f"({rollup} UNION ALL {raw}) AS x LEFT ANY JOIN links AS l ON l.h = x.ph"
+
+
 @dataclass(frozen=True)
 class EventsQuery:
     window: Window
@@ -151,14 +266,44 @@ class EventsQuery:
     filters: dict[str, str]  # keys from FILTER_COLUMNS
     after: tuple[int, str] | None = None  # the cursor: (timestamp ms, event id) of the last
     received_after_ms: int | None = None  # only events received after this (`events tail`)
+    persons: tuple[str, ...] | None = None  # only events of these own person ids
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person: the id everything resolves to, and every id that resolves to it."""
+
+    person: str
+    ids: tuple[str, ...]  # person first, then the linked ids (sorted)
+    user_id: str | None  # the person's user id, when some id of theirs was identified
+
+
+MAX_LINKED_IDS = 1_000  # ids of one person considered (a person with more is a bug upstream)
 
 
 class Reader:
     """The read queries of one ClickHouse, under one set of limits."""
 
-    def __init__(self, clickhouse: ClickHouse, limits: ReadLimits) -> None:
+    def __init__(
+        self, clickhouse: ClickHouse, limits: ReadLimits, session_gap_ms: int = 30 * 60_000
+    ) -> None:
         self._ch = clickhouse
         self._settings = settings_clause(limits)
+        self.session_gap_ms = session_gap_ms
+
+    async def identity(self, project: uuid.UUID, person_id: str) -> Identity:
+        """Resolve ``person_id`` (a user id, or an anonymous id or alias linked to one)."""
+        params = {"project": str(project), "id": person_id, "max": MAX_LINKED_IDS}
+        sql = (
+            f"WITH {_LINKS} SELECT (SELECT any(user) FROM links WHERE other_id = {{id:String}}) "
+            "AS resolved, if(resolved != '', resolved, {id:String}) AS person, "
+            "(SELECT arraySort(groupArray({max:UInt32})(other_id)) FROM links "
+            "WHERE user = person) AS others, "
+            "resolved != '' OR length(others) > 0 " + self._settings
+        )
+        ((_, person, others, linked),) = await self._ch.query_rows(sql, params)
+        ids = (str(person), *(str(o) for o in others if o != person))
+        return Identity(str(person), ids, str(person) if linked else None)
 
     async def events(self, project: uuid.UUID, q: EventsQuery) -> list[tuple]:
         """Newest first: ``(event_id, event, timestamp_ms, received_at_ms, anonymous_id,
@@ -168,6 +313,9 @@ class Reader:
         for name, value in q.filters.items():
             where.append(f"{FILTER_COLUMNS[name]} = {{f_{name}:String}}")
             params[f"f_{name}"] = value
+        if q.persons is not None:
+            where.append(f"{_RAW_PERSON} IN {{persons:Array(String)}}")
+            params["persons"] = list(q.persons)
         if q.after is not None:
             where.append(
                 "(timestamp, event_id) < "
@@ -186,22 +334,65 @@ class Reader:
         )
         return await self._ch.query_rows(sql, params)
 
+    async def rolled(self, project: uuid.UUID, window: Window) -> Rolled:
+        """The folded days wholly inside ``window``, with the version to read."""
+        first = -(-window.since_ms // DAY_MS) * DAY_MS
+        end = window.until_ms // DAY_MS * DAY_MS
+        if first >= end:
+            return NOT_ROLLED
+        sql = (
+            f"SELECT toString(day), max(version) FROM {FOLDED} WHERE project_id = "
+            "{project:UUID} AND day >= {d0:Date} AND day < {d1:Date} GROUP BY day ORDER BY day "
+            + self._settings
+        )
+        params = {"project": str(project), "d0": _day_text(first), "d1": _day_text(end)}
+        rows = await self._ch.query_rows(sql, params)
+        return Rolled(tuple(str(d) for d, _ in rows), tuple(int(v) for _, v in rows))
+
     async def timeseries(
-        self, project: uuid.UUID, window: Window, origin_ms: int, step_ms: int, event: str | None
+        self,
+        project: uuid.UUID,
+        window: Window,
+        origin_ms: int,
+        step_ms: int,
+        event: str | None,
+        include_bots: bool = False,
     ) -> list[tuple[int, int, int]]:
-        """``(bucket start ms, events, users)`` for every bucket of ``step_ms`` from
-        ``origin_ms`` (≤ ``since``, aligned by the caller) up to ``until``, empty ones
-        filled with zeros (``WITH FILL``); only events in the window are counted."""
-        params = {**_base(project, window), "origin_ms": origin_ms, "step_ms": step_ms}
+        """``(bucket start ms, events, users)`` for every bucket of ``step_ms`` (an hour
+        or a day) from ``origin_ms`` (≤ ``since``, aligned by the caller) up to ``until``,
+        empty ones filled with zeros (``WITH FILL``); only events in the window count.
+        Folded days come from the hourly or daily rollup, the rest from the raw events."""
+        rolled = await self.rolled(project, window)
+        params = {
+            **_base(project, window),
+            **rolled.params(),
+            "origin_ms": origin_ms,
+            "step_ms": step_ms,
+        }
         where = _WHERE
+        dim, value, outer = "", "''", ""
         if event is not None:
             where += " AND event = {event:String}"
             params["event"] = event
+            dim, value, outer = "event", "toString(event)", " WHERE x.value = {event:String}"
+        table, rollup_t = (
+            (HOURLY, "toUnixTimestamp(hour)")
+            if step_ms < DAY_MS
+            else (DAILY, "toUnixTimestamp(day)")
+        )
+        raw_t = "toUnixTimestamp64Milli(timestamp)"
+        bucket = (
+            "toInt64({origin_ms:Int64} + intDiv(%s - {origin_ms:Int64}, {step_ms:Int64}) "
+            "* {step_ms:Int64})"
+        )
+        source = _mixed(
+            rolled, table, dim, "value", bucket % f"toInt64({rollup_t}) * 1000",
+            value, bucket % raw_t, where, include_bots,
+        )  # fmt: skip
         sql = (
-            "SELECT toInt64({origin_ms:Int64} + intDiv(toUnixTimestamp64Milli(timestamp) - "
-            "{origin_ms:Int64}, {step_ms:Int64}) * {step_ms:Int64}) AS t, "
-            f"toUInt64(count()) AS events, toUInt64(uniqExact({_PERSON})) AS users "
-            f"FROM {TABLE} FINAL WHERE {where} GROUP BY t "
+            f"WITH {_LINKS} SELECT x.t AS t, toUInt64(sum(x.n)) AS events, "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users "
+            f"FROM {source}{outer} GROUP BY t "
             "ORDER BY t WITH FILL FROM {origin_ms:Int64} TO {until_ms:Int64} STEP {step_ms:Int64} "
             + self._settings
         )
@@ -209,95 +400,159 @@ class Reader:
         return [(int(t), int(n), int(u)) for t, n, u in rows]
 
     async def top(
-        self, project: uuid.UUID, window: Window, by: str, limit: int, event: str | None
+        self,
+        project: uuid.UUID,
+        window: Window,
+        by: str,
+        limit: int,
+        event: str | None,
+        include_bots: bool = False,
     ) -> list[tuple[str, int, int]]:
         """``(value, events, users)``, most events first (ties by value); values that are
-        not set (empty) are left out."""
-        expression = TOP_DIMENSIONS[by]
+        not set (empty) are left out. Folded days come from the daily rollup (not with an
+        ``event`` filter: the rollup does not cross dimensions)."""
         params = {**_base(project, window), "limit": limit}
         where = _WHERE
+        rolled = NOT_ROLLED
         if event is not None:
             where += " AND event = {event:String}"
             params["event"] = event
+        else:
+            rolled = await self.rolled(project, window)
+        params.update(rolled.params())
+        source = _mixed(
+            rolled, DAILY, by, "value", "0", TOP_DIMENSIONS[by], "0", where, include_bots
+        )
         sql = (
-            f"SELECT {expression} AS value, toUInt64(count()) AS events, "
-            f"toUInt64(uniqExact({_PERSON})) AS users FROM {TABLE} FINAL WHERE {where} "
+            f"WITH {_LINKS} SELECT x.value AS value, toUInt64(sum(x.n)) AS events, "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users FROM {source} "
             "GROUP BY value HAVING value != '' ORDER BY events DESC, value ASC "
             "LIMIT {limit:UInt32} " + self._settings
         )
         rows = await self._ch.query_rows(sql, params)
         return [(str(v), int(n), int(u)) for v, n, u in rows]
 
-    async def active_users(self, project: uuid.UUID, at_ms: int) -> tuple[int, int, int]:
-        """Distinct persons in the 1, 7 and 30 days (of 24 h) before ``at``."""
-        day = 86_400_000
-        window = Window(at_ms - 30 * day, at_ms)
-        params = {**_base(project, window), "d1": at_ms - day, "d7": at_ms - 7 * day}
-        sql = (
-            "SELECT toUInt64(uniqExactIf(person, "
-            "timestamp >= fromUnixTimestamp64Milli({d1:Int64}, 'UTC'))), "
-            "toUInt64(uniqExactIf(person, "
-            "timestamp >= fromUnixTimestamp64Milli({d7:Int64}, 'UTC'))), "
-            f"toUInt64(uniqExact(person)) FROM (SELECT {_PERSON} AS person, timestamp "
-            f"FROM {TABLE} WHERE {_WHERE} AND person IS NOT NULL) " + self._settings
+    async def active_users(
+        self, project: uuid.UUID, at_ms: int, include_bots: bool = False
+    ) -> tuple[int, int, int]:
+        """Distinct persons in the 1, 7 and 30 days (of 24 h) before ``at``; folded days
+        from the daily rollup."""
+        month = Window(at_ms - 30 * DAY_MS, at_ms)
+        rolled = await self.rolled(project, month)
+        counts = []
+        for days in (1, 7, 30):
+            window = Window(at_ms - days * DAY_MS, at_ms)
+            part = rolled.within(window)
+            params = {**_base(project, window), **part.params()}
+            source = _mixed(part, DAILY, "", "''", "0", "''", "0", _WHERE, include_bots)
+            sql = (
+                f"WITH {_LINKS} SELECT toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) "
+                f"FROM {source} " + self._settings
+            )
+            ((n,),) = await self._ch.query_rows(sql, params)
+            counts.append(int(n))
+        return counts[0], counts[1], counts[2]
+
+    def _sessions_sql(self, where: str) -> str:
+        """Every session in the window: ``sid, who, first, last, n, pages`` (see
+        :meth:`sessions`)."""
+        pages = ", ".join(f"'{name}'" for name in PAGE_EVENTS)  # constants of this module
+        return (
+            # gap sessions: number each person's events, +1 after every long gap
+            "SELECT CAST(NULL AS Nullable(String)) AS sid, any(name) AS who, min(ts) AS first, "
+            "max(ts) AS last, toUInt64(count()) AS n, toUInt64(sum(page)) AS pages FROM ("
+            " SELECT p, name, ts, page, sum(gap) OVER (PARTITION BY p ORDER BY ts, id "
+            "  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS k FROM ("
+            "  SELECT p, name, ts, id, page, toUInt64(ifNull(dateDiff('millisecond', "
+            "   lagInFrame(toNullable(ts)) OVER w, ts) > {gap_ms:Int64}, 1)) AS gap FROM ("
+            f"   SELECT {PERSON} AS p, {PERSON_NAME} AS name, x.ts AS ts, x.id AS id, "
+            "    x.page AS page FROM "
+            + _with_persons(
+                f"timestamp AS ts, event_id AS id, event IN ({pages}) AS page",
+                f"{where} AND session_id IS NULL",
+            )
+            + f"   WHERE {PERSON} != 0)"
+            "  WINDOW w AS (PARTITION BY p ORDER BY ts, id "
+            "   ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)))"
+            " GROUP BY p, k"
+            " UNION ALL"
+            # given sessions
+            f" SELECT x.sid, nullIf(any({PERSON_NAME}), ''), min(x.ts), max(x.ts), "
+            "toUInt64(count()), toUInt64(sum(x.page)) FROM "
+            + _with_persons(
+                f"session_id AS sid, timestamp AS ts, event IN ({pages}) AS page",
+                f"{where} AND session_id IS NOT NULL",
+            )
+            + " GROUP BY x.sid"
         )
-        ((dau, wau, mau),) = await self._ch.query_rows(sql, params)
-        return int(dau), int(wau), int(mau)
 
     async def sessions(
-        self, project: uuid.UUID, window: Window, person: str | None, limit: int
+        self,
+        project: uuid.UUID,
+        window: Window,
+        persons: tuple[str, ...] | None,
+        limit: int,
+        include_bots: bool = False,
     ) -> list[tuple]:
         """Newest first: ``(session_id or None, person, start ms, end ms, events)``.
 
         An event with a ``session_id`` belongs to that session. Events without one are
-        grouped per person (``coalesce(user_id, anonymous_id)``): a gap of more than
-        :data:`SESSION_GAP_MS` starts a new session. Only events inside the window are
-        seen, so a session crossing ``since`` or ``until`` is cut there."""
-        params = {**_base(project, window), "gap_ms": SESSION_GAP_MS, "limit": limit}
-        where = _WHERE
-        if person is not None:
-            where += f" AND {_PERSON} = {{person:String}}"
-            params["person"] = person
+        grouped per (resolved) person: a gap of more than the session timeout starts a
+        new session. Only events inside the window are seen, so a session crossing
+        ``since`` or ``until`` is cut there."""
+        params = {**_base(project, window), "gap_ms": self.session_gap_ms, "limit": limit}
+        where = _WHERE + _bots(include_bots)
+        if persons is not None:
+            where += f" AND {_RAW_PERSON} IN {{persons:Array(String)}}"
+            params["persons"] = list(persons)
         sql = (
-            "SELECT sid, who, toUnixTimestamp64Milli(first), toUnixTimestamp64Milli(last), n "
-            "FROM ("
-            # gap sessions: number each person's events, +1 after every long gap
-            " SELECT CAST(NULL AS Nullable(String)) AS sid, person AS who, min(timestamp) AS "
-            " first, max(timestamp) AS last, toUInt64(count()) AS n FROM ("
-            "  SELECT person, timestamp, sum(gap) OVER (PARTITION BY person ORDER BY timestamp,"
-            "   event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS k FROM ("
-            "   SELECT person, timestamp, event_id, toUInt64(ifNull(dateDiff('millisecond', "
-            "    lagInFrame(toNullable(timestamp)) OVER w, timestamp) > {gap_ms:Int64}, 1)) "
-            "    AS gap FROM ("
-            f"    SELECT {_PERSON} AS person, timestamp, event_id FROM {TABLE} FINAL "
-            f"    WHERE {where} AND session_id IS NULL AND person IS NOT NULL)"
-            "   WINDOW w AS (PARTITION BY person ORDER BY timestamp, event_id "
-            "    ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)))"
-            " GROUP BY person, k"
-            " UNION ALL"
-            # given sessions
-            f" SELECT session_id, any({_PERSON}), min(timestamp), max(timestamp), "
-            f" toUInt64(count()) FROM {TABLE} FINAL WHERE {where} AND session_id IS NOT NULL"
-            " GROUP BY session_id"
-            ") ORDER BY first DESC, last DESC, who ASC LIMIT {limit:UInt32} " + self._settings
+            f"WITH {_LINKS} SELECT sid, who, toUnixTimestamp64Milli(first), "
+            f"toUnixTimestamp64Milli(last), n FROM ({self._sessions_sql(where)}) "
+            "ORDER BY first DESC, last DESC, who ASC LIMIT {limit:UInt32} " + self._settings
         )
         rows = await self._ch.query_rows(sql, params)
         return [(sid, who, int(a), int(b), int(n)) for sid, who, a, b, n in rows]
 
-    async def person(self, project: uuid.UUID, window: Window, person: str) -> tuple | None:
-        """``(first ms, last ms, events, user_ids, anonymous_ids, [(event, count)])`` of
-        the events whose person is ``person``, or ``None`` when there are none. The ids
-        seen beside it (an anonymous id on a user's events, …) are what identity
-        stitching will join on; nothing is joined yet."""
-        params = {**_base(project, window), "person": person}
-        where = f"{_WHERE} AND {_PERSON} = {{person:String}}"
+    async def session_stats(
+        self, project: uuid.UUID, window: Window, include_bots: bool = False
+    ) -> tuple[int, float, float, float]:
+        """``(sessions, mean duration s, bounce rate, mean page views per session)``. A
+        bounce is a session with one page view, or with one event when it has no page
+        view. Zeros when there are no sessions."""
+        params = {**_base(project, window), "gap_ms": self.session_gap_ms}
+        where = _WHERE + _bots(include_bots)
+        sql = (
+            f"WITH {_LINKS} SELECT toUInt64(count()), "
+            "ifNotFinite(avg(dateDiff('millisecond', first, last)) / 1000, 0), "
+            "ifNotFinite(avg(pages = 1 OR (pages = 0 AND n = 1)), 0), "
+            f"ifNotFinite(avg(pages), 0) FROM ({self._sessions_sql(where)}) " + self._settings
+        )
+        ((count, duration, bounce, pages),) = await self._ch.query_rows(sql, params)
+        return int(count), float(duration), float(bounce), float(pages)
+
+    async def person(
+        self, project: uuid.UUID, window: Window, ids: tuple[str, ...]
+    ) -> tuple | None:
+        """``(first ms, last ms, events, user_ids, anonymous_ids, [(event, count)], traits)``
+        of the events whose own person is one of ``ids`` (a person's resolved ids), or
+        ``None`` when there are none. ``traits`` is the JSON text of the latest identify's
+        traits (Segment ``traits``, PostHog ``$set``), or ``None``."""
+        params = {**_base(project, window), "persons": list(ids)}
+        where = f"{_WHERE} AND {_RAW_PERSON} IN {{persons:Array(String)}}"
+        traits = (
+            "coalesce(nullIf(JSONExtractRaw(extras, 'traits'), ''), "
+            "nullIf(JSONExtractRaw(extras, 'context', 'traits'), ''), "
+            "nullIf(JSONExtractRaw(properties, '$set'), ''), "
+            "nullIf(JSONExtractRaw(extras, '$set'), ''))"
+        )
         sql = (
             "SELECT toUnixTimestamp64Milli(min(timestamp)), toUnixTimestamp64Milli("
             "max(timestamp)), toUInt64(count()), arraySort(groupUniqArray(100)(user_id)), "
-            f"arraySort(groupUniqArray(100)(anonymous_id)) FROM {TABLE} FINAL WHERE {where} "
-            + self._settings
+            "arraySort(groupUniqArray(100)(anonymous_id)), "
+            f"argMaxIf({traits}, timestamp, isNotNull({traits})) "
+            f"FROM {TABLE} FINAL WHERE {where} " + self._settings
         )
-        ((first, last, n, users, anons),) = await self._ch.query_rows(sql, params)
+        ((first, last, n, users, anons, latest),) = await self._ch.query_rows(sql, params)
         if not n:
             return None
         sql = (
@@ -305,4 +560,4 @@ class Reader:
             f"WHERE {where} GROUP BY name ORDER BY n DESC, name ASC LIMIT 20 " + self._settings
         )
         top = [(str(e), int(c)) for e, c in await self._ch.query_rows(sql, params)]
-        return int(first), int(last), int(n), list(users), list(anons), top
+        return int(first), int(last), int(n), list(users), list(anons), top, latest

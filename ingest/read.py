@@ -1,5 +1,5 @@
 """The read API: ``GET /api/v1/events``, ``/api/v1/stats/{timeseries,top,active-users}``,
-``/api/v1/sessions`` and ``/api/v1/persons/{id}``.
+``/api/v1/sessions``, ``/api/v1/persons/{id}`` and ``/api/v1/project`` (the key's project).
 
 Enters: a GET with ``Authorization: Bearer sluice_sk_…`` (a secret read key,
 :mod:`auth.keys`) and query parameters. Leaves: JSON (shapes in the README's *Reading
@@ -61,7 +61,9 @@ TIMESERIES_PATH = "/api/v1/stats/timeseries"
 TOP_PATH = "/api/v1/stats/top"
 ACTIVE_USERS_PATH = "/api/v1/stats/active-users"
 SESSIONS_PATH = "/api/v1/sessions"
+SESSION_STATS_PATH = "/api/v1/stats/sessions"
 PERSON_PATH = "/api/v1/persons/{person_id:.+}"  # an id may hold a (%2F-encoded) slash
+PROJECT_PATH = "/api/v1/project"  # the key's project: what the dashboard's header shows
 
 DEFAULT_WINDOW = timedelta(days=7)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1_000
@@ -172,6 +174,17 @@ class Params:
             raise BadParameter(name, f"{name} must be one of {', '.join(options)}")
         return value
 
+    def flag(self, name: str) -> bool:
+        """``true``/``false`` (also ``1``/``0``); absent is false."""
+        value = self.values.get(name)
+        if value is None:
+            return False
+        if value.lower() in ("true", "1"):
+            return True
+        if value.lower() in ("false", "0"):
+            return False
+        raise BadParameter(name, f"{name} must be true or false")
+
 
 def encode_cursor(timestamp_ms: int, event_id: str) -> str:
     """Opaque to clients: a position in "newest first" order, nothing else."""
@@ -252,7 +265,8 @@ class ReadSide:
         if self._reader is None:
             config = self.service.config
             limits = ReadLimits(config.query_max_execution_time, config.query_max_memory_bytes)
-            self._reader = Reader(self.service.clickhouse, limits)
+            gap_ms = round(config.session_timeout * 1000)
+            self._reader = Reader(self.service.clickhouse, limits, gap_ms)
         return self._reader
 
     @property
@@ -355,8 +369,12 @@ async def events(
     cursor = params.values.get("cursor")
     after = decode_cursor(cursor) if cursor is not None else None
     received_after = params.time("received_after")
+    person_id = params.text("person")
+    persons = None
+    if person_id is not None:
+        persons = (await side.reader.identity(project, person_id)).ids
     rows = await side.reader.events(
-        project, EventsQuery(window, limit, filters, after, received_after)
+        project, EventsQuery(window, limit, filters, after, received_after, persons)
     )
     items = [_event_item(r) for r in rows]
     last = rows[-1] if len(rows) == limit else None
@@ -379,7 +397,9 @@ async def timeseries(
             "per answer (narrow since/until or use a longer interval)",
         )
     # The first bucket counts only events from `since` on (the window filters).
-    rows = await side.reader.timeseries(project, window, start, step, params.text("event"))
+    rows = await side.reader.timeseries(
+        project, window, start, step, params.text("event"), params.flag("include_bots")
+    )
     points = [{"t": iso(t), "events": n, "users": u} for t, n, u in rows]
     return _json(200, {"interval": interval, "points": points})
 
@@ -394,7 +414,9 @@ async def top(
         )
     limit = params.integer("limit", DEFAULT_TOP_LIMIT, 1, MAX_TOP_LIMIT)
     window = params.window(_now_ms())
-    rows = await side.reader.top(project, window, by, limit, params.text("event"))
+    rows = await side.reader.top(
+        project, window, by, limit, params.text("event"), params.flag("include_bots")
+    )
     return _json(
         200, {"by": by, "rows": [{"value": v, "events": n, "users": u} for v, n, u in rows]}
     )
@@ -405,7 +427,7 @@ async def active_users(
 ) -> web.Response:
     at = params.time("at")
     at = _now_ms() if at is None else at
-    dau, wau, mau = await side.reader.active_users(project, at)
+    dau, wau, mau = await side.reader.active_users(project, at, params.flag("include_bots"))
     return _json(200, {"at": iso(at), "dau": dau, "wau": wau, "mau": mau})
 
 
@@ -414,7 +436,11 @@ async def sessions(
 ) -> web.Response:
     window = params.window(_now_ms())
     limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    rows = await side.reader.sessions(project, window, params.text("person"), limit)
+    person_id = params.text("person")
+    persons = None
+    if person_id is not None:
+        persons = (await side.reader.identity(project, person_id)).ids
+    rows = await side.reader.sessions(project, window, persons, limit, params.flag("include_bots"))
     items = [
         {
             "session_id": sid,
@@ -429,6 +455,24 @@ async def sessions(
     return _json(200, {"sessions": items})
 
 
+async def session_stats(
+    request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
+) -> web.Response:
+    window = params.window(_now_ms())
+    count, duration, bounce, pages = await side.reader.session_stats(
+        project, window, params.flag("include_bots")
+    )
+    return _json(
+        200,
+        {
+            "sessions": count,
+            "avg_duration_s": round(duration, 3),
+            "bounce_rate": round(bounce, 4),
+            "pages_per_session": round(pages, 3),
+        },
+    )
+
+
 RECENT_EVENTS = 20  # events shown on a person
 
 
@@ -439,17 +483,22 @@ async def person(
     if not person_id or len(person_id) > MAX_FILTER_CHARS:
         raise BadParameter("id", f"the person id must be 1 to {MAX_FILTER_CHARS} characters")
     window = params.window(_now_ms())
-    found = await side.reader.person(project, window, person_id)
+    who = await side.reader.identity(project, person_id)
+    found = await side.reader.person(project, window, who.ids)
     if found is None:
         return _error(404, "no events of this person between since and until")
-    first, last, n, user_ids, anonymous_ids, top_events = found
+    first, last, n, user_ids, anonymous_ids, top_events, traits = found
     recent = await side.reader.events(
-        project, EventsQuery(window, RECENT_EVENTS, {"person": person_id})
+        project, EventsQuery(window, RECENT_EVENTS, {}, persons=who.ids)
     )
     return _json(
         200,
         {
             "id": person_id,
+            "person": who.person,
+            "user_id": who.user_id or (who.person if who.person in user_ids else None),
+            "linked_ids": list(who.ids[1:]),
+            "traits": _stored_json(traits) if traits is not None else None,
             "first_seen": iso(first),
             "last_seen": iso(last),
             "events": n,
@@ -459,6 +508,15 @@ async def person(
             "recent_events": [_event_item(r) for r in recent],
         },
     )
+
+
+async def project_info(
+    request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
+) -> web.Response:
+    """``{"project_id", "name"}`` of the key's project (one Postgres row; the key lookup
+    just showed it exists and is not deleted)."""
+    name = await side.service.pool.fetchval("SELECT name FROM projects WHERE id = $1", project)
+    return _json(200, {"project_id": str(project), "name": name})
 
 
 def add_read_routes(app: web.Application, service: Any) -> None:
@@ -471,11 +529,18 @@ def add_read_routes(app: web.Application, service: Any) -> None:
     window = {"since", "until"}
     app.router.add_get(
         EVENTS_PATH,
-        _read_endpoint({*window, "limit", "cursor", "received_after", *FILTER_COLUMNS}, events),
+        _read_endpoint(
+            {*window, "limit", "cursor", "received_after", "person", *FILTER_COLUMNS}, events
+        ),
     )
-    app.router.add_get(TIMESERIES_PATH, _read_endpoint({*window, "interval", "event"}, timeseries))
-    app.router.add_get(TOP_PATH, _read_endpoint({*window, "by", "limit", "event"}, top))
-    app.router.add_get(ACTIVE_USERS_PATH, _read_endpoint({"at"}, active_users))
-    app.router.add_get(SESSIONS_PATH, _read_endpoint({*window, "person", "limit"}, sessions))
+    bots = "include_bots"
+    app.router.add_get(
+        TIMESERIES_PATH, _read_endpoint({*window, "interval", "event", bots}, timeseries)
+    )
+    app.router.add_get(TOP_PATH, _read_endpoint({*window, "by", "limit", "event", bots}, top))
+    app.router.add_get(ACTIVE_USERS_PATH, _read_endpoint({"at", bots}, active_users))
+    app.router.add_get(SESSIONS_PATH, _read_endpoint({*window, "person", "limit", bots}, sessions))
+    app.router.add_get(SESSION_STATS_PATH, _read_endpoint({*window, bots}, session_stats))
     app.router.add_get(PERSON_PATH, _read_endpoint(window, person))
+    app.router.add_get(PROJECT_PATH, _read_endpoint(set(), project_info))
     app.on_cleanup.append(side.close)

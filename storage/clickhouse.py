@@ -128,7 +128,14 @@ class ClickHouse:
 
     description: str = "clickhouse"
 
-    async def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
+    async def command(
+        self,
+        sql: str,
+        settings: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run a statement that returns no rows (DDL, ``INSERT … SELECT``); ``parameters``
+        bind ``{name:Type}`` placeholders server-side."""
         raise NotImplementedError
 
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
@@ -274,8 +281,13 @@ class EmbeddedClickHouse(ClickHouse):
             ) from exc
         return await future
 
-    async def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
-        return await self._call("command", sql, settings=settings)
+    async def command(
+        self,
+        sql: str,
+        settings: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Any:
+        return await self._call("command", sql, settings=settings, parameters=parameters)
 
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         return await self._call("query", sql, parameters=parameters)
@@ -392,8 +404,13 @@ class HttpClickHouse(ClickHouse):
             except Exception:  # the connection is already broken; nothing to save
                 pass
 
-    async def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
-        return await self._call("command", sql, settings=settings)
+    async def command(
+        self,
+        sql: str,
+        settings: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Any:
+        return await self._call("command", sql, settings=settings, parameters=parameters)
 
     async def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         result = await self._call("query", sql, parameters=parameters)

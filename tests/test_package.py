@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support import ROOT, Server, clickhouse_rows, event
+from support import ROOT, Server, clickhouse_rows, event, request
 
 from storage.migrations import discover
 
@@ -87,6 +87,17 @@ def test_the_wheel_ships_every_migration_file(wheel: Path) -> None:
     assert {"migrations/postgres/0001_initial.sql"} <= shipped  # the glob saw the files
 
 
+def test_the_wheel_ships_the_dashboard(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "ingest" / "dashboard_static").iterdir()
+        if p.is_file()
+    }
+    assert {"ingest/dashboard_static/index.html", "ingest/dashboard_static/dashboard.js"} <= shipped
+    assert shipped <= names, shipped - names
+
+
 def test_installed_wheel_migrates_and_serves(
     wheel: Path, tmp_path: Path, database_url: str
 ) -> None:
@@ -122,6 +133,8 @@ def test_installed_wheel_migrates_and_serves(
         event_id = str(uuid.uuid4())
         reply = server.post({"token": created["token"], "events": [event(uuid=event_id)]})
         assert (reply.status, reply.json()) == (202, {"accepted": 1, "rejected": 0, "errors": []})
+        page = request(server.url + "/dashboard/dashboard.js")  # the wheel's own copy
+        assert page.body == (site / "ingest" / "dashboard_static" / "dashboard.js").read_bytes()
         assert server.stop() == 0
     finally:
         server.kill()

@@ -636,6 +636,10 @@ def test_a_person_is_their_events_in_their_project_only(world: World) -> None:
     ]
     assert body == {
         "id": "u1",
+        "person": "u1",
+        "user_id": "u1",
+        "linked_ids": [],
+        "traits": None,
         "first_seen": a.events[0]["timestamp"],
         "last_seen": a.events[2]["timestamp"],
         "events": 2,
@@ -660,3 +664,94 @@ def test_a_person_is_their_events_in_their_project_only(world: World) -> None:
     response = world.get("/api/v1/persons/" + "x" * 201, a.key)
     assert (response.status, response.json()["parameter"]) == (400, "id")
     assert world.get("/api/v1/persons/u1", world.a.token).status == 401
+
+
+def test_an_identify_makes_one_person_of_the_anonymous_and_the_identified_history(
+    world: World,
+) -> None:
+    """A visitor browses as anonymous "v1", identifies as "carol" (a native event carrying
+    both ids), then buys; later a PostHog `$identify` and a Segment `alias` link two more
+    ids to her. Every count sees one person, also for events sent before the identify."""
+    a, h0, m = world.a, world.h0, timedelta(minutes=1)
+    mine = [
+        ev("page_view", h0 + 2 * m, anonymousId="v1", properties={"path": "/"}),
+        ev("page_view", h0 + 4 * m, anonymousId="v1", properties={"path": "/pricing"}),
+        ev("identify", h0 + 5 * m, anonymousId="v1", userId="carol",
+           extras={"traits": {"plan": "pro"}}),
+        ev("purchase", h0 + 6 * m, userId="carol"),
+        ev("page_view", h0 + 7 * m, anonymousId="phone-1"),
+    ]  # fmt: skip
+    assert world.server.post({"token": a.token, "events": mine}).status == 202
+    base = world.server.url
+    posthog = {"api_key": a.token, "batch": [{
+        "event": "$identify", "distinct_id": "carol", "timestamp": iso(h0 + 8 * m),
+        "properties": {"$anon_distinct_id": "phone-1", "$set": {"plan": "team"}},
+    }]}  # fmt: skip
+    assert request(base + "/batch/", method="POST", body=posthog).status == 200
+    segment = {"writeKey": a.token, "batch": [{
+        "type": "alias", "previousId": "old-login", "userId": "carol",
+        "timestamp": iso(h0 + 9 * m), "messageId": str(uuid.uuid4()),
+    }]}  # fmt: skip
+    assert request(base + "/v1/batch", method="POST", body=segment).status == 200
+    old = ev("login", h0 + 1 * m, userId="old-login")  # the aliased id's own history
+    assert world.server.post({"token": a.token, "events": [old]}).status == 202
+    poll(lambda: len(all_events(world, a.key)) == len(a.events) + 8)
+
+    expected_ids = ["carol", "old-login", "phone-1", "v1"]
+    for asked in ("v1", "carol", "phone-1", "old-login"):
+        response = world.get(f"/api/v1/persons/{asked}", a.key, **world.window())
+        assert response.status == 200, (asked, response.body)
+        body = response.json()
+        assert (body["person"], body["user_id"]) == ("carol", "carol")
+        assert sorted([body["person"], *body["linked_ids"]]) == expected_ids
+        assert body["events"] == 8, asked
+        assert body["traits"] == {"plan": "team"}  # the latest identify's
+        assert body["first_seen"] == iso(h0 + 1 * m)
+    events_of = {e["event_id"] for e in all_events(world, a.key, person="v1")}
+    assert len(events_of) == 8
+    # hour 0 before: u1 and anon1 (2 people); now carol once more, whatever her ids
+    points = world.get("/api/v1/stats/timeseries", a.key, interval="hour",
+                       **world.window()).json()["points"]  # fmt: skip
+    assert (points[0]["events"], points[0]["users"]) == (2 + 8, 3)
+    end = h0 + timedelta(hours=5)
+    assert world.get("/api/v1/stats/active-users", a.key, at=iso(end)).json()["dau"] == 5
+    top = world.get("/api/v1/stats/top", a.key, by="event", **world.window()).json()["rows"]
+    assert {r["value"]: r["users"] for r in top}["page_view"] == 3 + 1
+    sessions = world.get("/api/v1/sessions", a.key, person="phone-1",
+                         **world.window()).json()["sessions"]  # fmt: skip
+    assert [(s["person"], s["events"], s["start"], s["end"]) for s in sessions] == [
+        ("carol", 8, iso(h0 + 1 * m), iso(h0 + 9 * m))
+    ]
+    # project B never sees the link
+    assert world.get("/api/v1/persons/v1", world.b.key, **world.window()).status == 404
+
+
+def test_session_stats_count_durations_bounces_and_pages(world: World) -> None:
+    """A's sessions in the window (see test_sessions_…): six one-event sessions. Add one
+    two-page session of 10 minutes: 7 sessions, one not a bounce."""
+    a, h0, m = world.a, world.h0, timedelta(minutes=1)
+    two = [
+        ev("page_view", h0 + 240 * m, anonymousId="reader"),
+        ev("scroll", h0 + 245 * m, anonymousId="reader"),
+        ev("page_view", h0 + 250 * m, anonymousId="reader"),
+    ]
+    assert world.server.post({"token": a.token, "events": two}).status == 202
+    poll(lambda: len(all_events(world, a.key)) == len(a.events) + 3)
+    response = world.get("/api/v1/stats/sessions", a.key, **world.window())
+    assert response.status == 200, response.body
+    # sessions: u1 (10m), anon1, s1, shared, anon2, reader = 6; one page view each for
+    # the four with a page_view, 0 for s1 (signup) and anon2 (purchase): all bounce but
+    # reader (2 page views).
+    assert response.json() == {
+        "sessions": 6,
+        "avg_duration_s": round(600 / 6, 3),
+        "bounce_rate": round(5 / 6, 4),
+        "pages_per_session": round((1 + 1 + 0 + 1 + 0 + 2) / 6, 3),
+    }
+    empty = world.get("/api/v1/stats/sessions", world.b.key, since=iso(h0 - timedelta(days=2)),
+                      until=iso(h0 - timedelta(days=1))).json()  # fmt: skip
+    assert empty == {"sessions": 0, "avg_duration_s": 0, "bounce_rate": 0, "pages_per_session": 0}
+    assert (
+        world.get("/api/v1/stats/sessions", a.key, include_bots="maybe").json()["parameter"]
+        == "include_bots"
+    )

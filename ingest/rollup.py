@@ -1,0 +1,203 @@
+"""The rollup pass: finished days of events folded into per-person counts.
+
+Enters: nothing from a request — a background task (started by :mod:`ingest.app`) that
+every ``ROLLUP_INTERVAL`` looks at ``events_raw_v1``. Leaves: rows of
+``rollup_daily_v1`` (every dimension of ``/stats/top``, per day), ``rollup_hourly_v1``
+(all events and per event name, per hour) and one row per folded day in
+``rollup_days_v1`` (migration 0005), which :mod:`ingest.queries` reads for the folded days
+of a window and the raw events for the rest.
+
+What a fold is: for one project and one UTC day, ``events_raw_v1 FINAL`` (so a client
+retry stored twice counts once) grouped by (dimension, value, own-person hash, bot flag)
+into counts, written under a new version; the day's row in ``rollup_days_v1`` then names
+that version, so readers switch at once and never see half a fold. Persons are stored as
+the hash of the event's own id and resolved through the identity links when read, so a
+later identify needs no re-fold.
+
+Which days: a day is folded once it is over (UTC midnight passed), and again whenever
+rows for it are inserted later (a client's offline queue, a dead-letter replay): the
+``inserted_at`` column ClickHouse stamps, with its minmax index, finds them. Today is
+always read raw. A pass records how far it got in ``rollup_days_v1`` under the nil
+project, so a restart resumes there instead of folding everything again. Several
+instances may fold the same day: each fold is complete on its own, readers take the
+newest version.
+
+On failure: a fold that fails (ClickHouse down, a read limit) is logged (bounded
+repetition) and retried at the next pass; readers keep the previous version or the raw
+events, so stats stay right, only slower. ``stats()`` feeds ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from ingest.logs import Repeats
+from ingest.queries import (
+    DAILY,
+    DAY_MS,
+    FOLDED,
+    HOURLY,
+    IS_BOT,
+    PERSON_HASH,
+    TABLE,
+    TOP_DIMENSIONS,
+)
+from storage.clickhouse import ClickHouse
+
+log = structlog.get_logger("sluice.rollup")
+
+NIL = uuid.UUID(int=0)  # rollup_days_v1's bookkeeping row: how far the passes got
+# Each fold reads one project-day with these limits (a fold is a big read; it must not
+# hold the embedded engine, which serves inserts too, for long).
+FOLD_SETTINGS = "SETTINGS max_threads = 2, max_execution_time = 120"
+_DAY_WHERE = (
+    "project_id = {project:UUID} AND timestamp >= toDateTime64({day:Date}, 3, 'UTC') "
+    "AND timestamp < toDateTime64({day:Date} + 1, 3, 'UTC')"
+)
+
+
+def _day_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def _pairs() -> str:
+    """Every (dimension, value) an event contributes to the daily rollup."""
+    dims = ", ".join(f"('{name}', {expr})" for name, expr in TOP_DIMENSIONS.items())
+    return f"[('', ''), {dims}]"
+
+
+class Rollup:
+    """Folds finished days; one per process (see the module docstring)."""
+
+    def __init__(self, clickhouse: ClickHouse, interval: float) -> None:
+        self._ch = clickhouse
+        self.interval = interval
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._repeats = Repeats(60.0)
+        self.folded = 0  # project-days folded by this process
+        self.failures = 0
+        self.pending = 0  # project-days waiting for a fold
+        self.last_pass_at: float | None = None  # time.time() of the last complete pass
+        self._closed: str | None = None  # days before this are folded (as of the marker)
+        self._since: str | None = None  # inserted_at from which rows re-fold their day
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "folded": self.folded,
+            "failures": self.failures,
+            "pending": self.pending,
+            "last_pass_at": self.last_pass_at,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def kick(self) -> None:
+        """Run a pass now (tests, `sluice` after a restore)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                if self._repeats.allow("rollup_pass_failed"):
+                    log.warning("rollup_pass_failed", error=str(exc)[:300])
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def _marker(self) -> None:
+        rows = await self._ch.query_rows(
+            f"SELECT toString(argMax(day, version)), toString(argMax(folded_at, version)) "
+            f"FROM {FOLDED} WHERE project_id = {{nil:UUID}} HAVING count() > 0",
+            {"nil": str(NIL)},
+        )
+        if rows:
+            self._closed, self._since = str(rows[0][0]), str(rows[0][1])
+
+    async def run_pass(self, now_ms: int | None = None) -> int:
+        """One pass: find the days to fold, fold them (oldest first), then record how far
+        it got. Returns the number of project-days folded."""
+        if self._closed is None:
+            await self._marker()
+        started = time.time()
+        now_ms = int(started * 1000) if now_ms is None else now_ms
+        closed = _day_text(now_ms // DAY_MS * DAY_MS)  # today: not folded yet
+        started_at = datetime.fromtimestamp(started - 1, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        conditions = ["timestamp < toDateTime64({closed:Date}, 3, 'UTC')"]
+        params: dict[str, Any] = {"closed": closed}
+        if self._closed is not None:
+            # newly finished days, and older days with rows inserted since the last pass
+            conditions.append(
+                "(timestamp >= toDateTime64({previous:Date}, 3, 'UTC') "
+                "OR inserted_at >= toDateTime({since:String}, 'UTC'))"
+            )
+            params.update(previous=self._closed, since=self._since)
+        days = await self._ch.query_rows(
+            f"SELECT toString(project_id), toString(toDate(timestamp)) AS d FROM {TABLE} "
+            f"WHERE {' AND '.join(conditions)} GROUP BY project_id, d ORDER BY d, project_id "
+            "SETTINGS max_threads = 2",
+            params,
+        )
+        self.pending = len(days)
+        for project, day in days:
+            if self._stop.is_set():
+                return 0  # the marker stays: the next process folds these again
+            await self.fold(uuid.UUID(project), day)
+            self.pending -= 1
+        version = time.time_ns() // 1000
+        await self._ch.command(
+            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at) VALUES "
+            f"('{NIL}', '{closed}', {version}, 0, '{started_at}')"
+        )
+        self._closed, self._since = closed, started_at
+        self.last_pass_at = time.time()
+        if days:
+            log.info("rollup_pass", days=len(days), seconds=round(time.time() - started, 3))
+        return len(days)
+
+    async def fold(self, project: uuid.UUID, day: str) -> None:
+        """Fold one project-day under a new version, then point readers at it."""
+        version = time.time_ns() // 1000
+        params = {"project": str(project), "day": day, "version": version}
+        bot = f"toUInt8({IS_BOT})"
+        await self._ch.command(
+            f"INSERT INTO {DAILY} (project_id, day, dim, value, person, is_bot, version, "
+            "events) SELECT {project:UUID}, {day:Date}, pair.1, pair.2, ph, bot, "
+            "{version:UInt64}, count() FROM (SELECT "
+            f"{PERSON_HASH} AS ph, {bot} AS bot, {_pairs()} AS pairs FROM {TABLE} FINAL "
+            f"WHERE {_DAY_WHERE}) ARRAY JOIN pairs AS pair "
+            "WHERE pair.1 = '' OR pair.2 != '' GROUP BY pair.1, pair.2, ph, bot " + FOLD_SETTINGS,
+            parameters=params,
+        )
+        await self._ch.command(
+            f"INSERT INTO {HOURLY} (project_id, hour, dim, value, person, is_bot, version, "
+            "events) SELECT {project:UUID}, h, pair.1, pair.2, ph, bot, {version:UInt64}, "
+            "count() FROM (SELECT toStartOfHour(timestamp) AS h, "
+            f"{PERSON_HASH} AS ph, {bot} AS bot, [('', ''), ('event', toString(event))] AS pairs "
+            f"FROM {TABLE} FINAL WHERE {_DAY_WHERE}) ARRAY JOIN pairs AS pair "
+            "GROUP BY h, pair.1, pair.2, ph, bot " + FOLD_SETTINGS,
+            parameters=params,
+        )
+        await self._ch.command(
+            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at) SELECT "
+            "{project:UUID}, {day:Date}, {version:UInt64}, sum(events), now64(3) "
+            f"FROM {DAILY} WHERE project_id = {{project:UUID}} AND day = {{day:Date}} "
+            "AND version = {version:UInt64} AND dim = ''",
+            parameters=params,
+        )
+        self.folded += 1

@@ -1,0 +1,131 @@
+"""Rollups on a real server: finished days are folded, stats read from the folds equal
+the stats read from the raw events (client retries counted once, identity stitched), a
+late event re-folds its day, and each project's folds are its own.
+
+The first server runs with a one-hour ROLLUP_INTERVAL: its boot pass finds nothing, so
+every answer it gives comes from the raw events. The second, on the same stores, folds
+at boot; its answers must be the same."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from conftest import make_project
+from support import Server, clickhouse_rows, poll, request
+from test_read import ev, iso, new_key
+
+
+def metric(server: Server, name: str) -> float:
+    text = request(server.url + "/metrics").body.decode()
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(values[0]) if values else 0.0
+
+
+def get(server: Server, path: str, key: str, **params: Any) -> Any:
+    url = f"{server.url}{path}?{urllib.parse.urlencode(params)}"
+    response = request(url, headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 200, response.body
+    return response.json()
+
+
+def test_stats_from_folded_days_equal_the_raw_events_and_a_late_event_refolds(
+    start_server: Callable[..., Server], database_url: str
+) -> None:
+    a_id, a_token = make_project(database_url, "A")
+    b_id, b_token = make_project(database_url, "B")
+    a_key, b_key = new_key(database_url, a_id), new_key(database_url, b_id)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    d3, d2 = today - timedelta(days=3), today - timedelta(days=2)
+    h, m = timedelta(hours=1), timedelta(minutes=1)
+    bob_view = ev("page_view", d3 + 12 * h, userId="bob", properties={"path": "/a"})
+    a_events = [
+        ev("page_view", d3 + 10 * h, anonymousId="r1", properties={"path": "/a"}),
+        ev("page_view", d3 + 10 * h + 5 * m, anonymousId="r1", properties={"path": "/b"}),
+        ev("signup", d3 + 11 * h, anonymousId="r1", userId="rita"),  # links r1 → rita
+        bob_view,
+        ev("page_view", d2 + 15 * h, userId="rita", properties={"path": "/a"}),
+        ev("purchase", d2 + 15 * h + 10 * m, userId="bob"),
+    ]
+    b_events = [ev("page_view", d3 + 10 * h, userId="rita", properties={"path": "/b-only"})]
+    window = {"since": iso(d3 - 12 * h), "until": iso(today)}
+
+    def answers(server: Server, key: str) -> dict[str, Any]:
+        return {
+            "day": get(server, "/api/v1/stats/timeseries", key, interval="day", **window),
+            "hour": get(server, "/api/v1/stats/timeseries", key, interval="hour", **window),
+            "hour_pv": get(
+                server,
+                "/api/v1/stats/timeseries",
+                key,
+                interval="hour",
+                event="page_view",
+                **window,
+            ),
+            "top_path": get(server, "/api/v1/stats/top", key, by="path", **window),
+            "top_event": get(server, "/api/v1/stats/top", key, by="event", **window),
+            "active": get(server, "/api/v1/stats/active-users", key, at=iso(today)),
+        }
+
+    first = start_server(ROLLUP_INTERVAL="1h")
+    for token, events in ((a_token, a_events), (b_token, b_events)):
+        assert first.post({"token": token, "events": events}).status == 202
+    retry = first.post(
+        {"token": a_token, "sent_at": iso(datetime.now(UTC) - 5 * m), "events": [bob_view]}
+    )
+    assert retry.status == 202  # bob's view again: a second raw row, one event
+    poll(lambda: metric(first, "sluice_events_flushed_total") == 8)
+    raw_a, raw_b = answers(first, a_key), answers(first, b_key)
+    assert metric(first, "sluice_rollup_folds_total") == 0  # all of it read raw
+    days = {p["t"][:10]: (p["events"], p["users"]) for p in raw_a["day"]["points"]}
+    assert days[iso(d3)[:10]] == (4, 2)  # rita (as r1, then identified) and bob
+    assert days[iso(d2)[:10]] == (2, 2)
+    assert raw_a["top_path"]["rows"] == [
+        {"value": "/a", "events": 3, "users": 2},
+        {"value": "/b", "events": 1, "users": 1},
+    ]
+    assert raw_a["active"]["mau"] == 2
+    assert raw_b["top_path"]["rows"] == [{"value": "/b-only", "events": 1, "users": 1}]
+    data_dir = first.data_dir
+    assert first.stop() == 0
+
+    second = start_server(data_dir=data_dir, ROLLUP_INTERVAL="1s")
+    poll(lambda: metric(second, "sluice_rollup_folds_total") == 3)  # A: d3, d2; B: d3
+    assert answers(second, a_key) == raw_a
+    assert answers(second, b_key) == raw_b
+
+    # A late event for d3 (an offline queue flushed today): its day is folded again.
+    late = ev("page_view", d3 + 10 * h + 30 * m, anonymousId="late", properties={"path": "/a"})
+    assert second.post({"token": a_token, "events": [late]}).status == 202
+
+    def d3_point() -> tuple[int, int]:
+        points = get(second, "/api/v1/stats/timeseries", a_key, interval="day", **window)
+        point = next(p for p in points["points"] if p["t"][:10] == iso(d3)[:10])
+        return point["events"], point["users"]
+
+    poll(lambda: d3_point() == (5, 3))
+    assert metric(second, "sluice_rollup_folds_total") == 4
+    top = get(second, "/api/v1/stats/top", a_key, by="path", **window)["rows"]
+    assert top[0] == {"value": "/a", "events": 4, "users": 3}
+    assert second.stop() == 0
+
+    folded = clickhouse_rows(
+        data_dir / "clickhouse",
+        "SELECT toString(project_id), toString(day), argMax(events, version) "
+        "FROM rollup_days_v1 WHERE project_id != '00000000-0000-0000-0000-000000000000' "
+        "GROUP BY project_id, day ORDER BY project_id, day",
+    )
+    assert sorted(folded) == sorted(
+        [
+            (str(a_id), iso(d3)[:10], 5),
+            (str(a_id), iso(d2)[:10], 2),
+            (str(b_id), iso(d3)[:10], 1),
+        ]
+    )
+    raw_rows = clickhouse_rows(
+        data_dir / "clickhouse",
+        f"SELECT uniqExact(event_id) FROM events_raw_v1 WHERE project_id = '{a_id}'",
+    )
+    assert raw_rows == [(7,)]  # bob's retry (two rows until a merge) is one event
