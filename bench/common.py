@@ -119,6 +119,11 @@ class Sluice:
     def metric(self, name: str) -> int:
         return int(self.metric_value(name))
 
+    def metric_names(self) -> set[str]:
+        with urllib.request.urlopen(self.url + "/metrics") as resp:
+            lines = resp.read().decode().splitlines()
+        return {line.split()[0].split("{")[0] for line in lines if line and line[0] != "#"}
+
     def metric_value(self, name: str) -> float:
         with urllib.request.urlopen(self.url + "/metrics") as resp:
             for line in resp.read().decode().splitlines():
