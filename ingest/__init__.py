@@ -16,6 +16,9 @@
     validate ── one typed msgspec pass; bad events rejected by     ingest/validate.py
         │       index, with a reason; object values kept as sent;
         │       not JSON at all (not UTF-8, NaN, too deep) → 400
+        │       the user agent (header, or the event's own) →        ingest/enrich.py
+        │       browser, os, device_type, is_bot: once per distinct
+        │       agent (cached)
         │  row lines (ingest/rows.py: the row contract), received_at stamped once
         ▼
     buffer ──── bounded by pending events; full → 503 Retry-After  ingest/buffer.py
@@ -29,7 +32,8 @@
         ▼
     flush ───── one INSERT per batch, batch id = dedup token       ingest/flush.py
         │  (ClickHouse parses the lines; nothing is re-encoded in Python)
-        │ ok → ClickHouse events_raw_v1 (+ usage hook), log segment deleted
+        │ ok → ClickHouse events_raw_v1 (+ usage hook), log segment deleted;
+        │      path, referrer_domain, utm_* computed there (MATERIALIZED, 0003)
         │ fail ↓
     dead-letter  one failed_events row per batch (Postgres),       ingest/deadletter.py
         │        log segment deleted (that fails too → fatal: 503

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ingest.ids import uuid7_int
+from ingest.rows import upgrade_lines
 from ingest.wal import SegmentReport, Wal, WalError
 
 
@@ -171,6 +172,7 @@ class Buffer:
             assert seg.segment_id is not None
             batch = Batch(seg.segment_id, closed=True)
             for project, data in seg.records:
+                data = upgrade_lines(data)  # a segment an older version wrote
                 n = data.count(b"\n")
                 batch.chunks.append((data, n, int.from_bytes(project, "big")))
                 batch.count += n

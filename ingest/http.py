@@ -329,7 +329,9 @@ async def _accept(
         wait = limits.take(project_id, len(events))
         if wait:
             return _error(429, "project rate limit exceeded", {"Retry-After": retry_after(wait)})
-    data, accepted, errors, _ = validate(events, project_id, received_at, sent_at)
+    data, accepted, errors, _ = validate(
+        events, project_id, received_at, sent_at, request.headers.get("User-Agent")
+    )
     if accepted:
         try:  # returns once the events are durable (INGEST_DURABILITY)
             await buffer.admit(data, accepted, project_id)

@@ -157,6 +157,11 @@ _SCHEMAS: Schema = {
             "messageId": {"type": "string", "format": "uuid"},
             "properties": {"type": "object"},
             "extras": {"type": "object"},
+            "user_agent": {
+                "type": "string",
+                "description": "the device's user agent, when a server relays the event "
+                "(default: the request's User-Agent header); at most 1,000 characters kept",
+            },
         },
     },
     "IngestRequest": {

@@ -192,6 +192,36 @@ def encode_cursor(timestamp_ms: int, event_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+SESSION_CURSOR_VERSION = "S1"
+
+
+def encode_session_cursor(start_ms: int, key: str) -> str:
+    """Opaque to clients: a position in the sessions' "newest start first" order."""
+    raw = f"{SESSION_CURSOR_VERSION}:{start_ms}:{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_session_cursor(text: str) -> tuple[int, str]:
+    """``(start ms, key)``; :class:`BadParameter` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        version, ms, key = raw.split(":", 2)
+        position = int(ms)
+        if (
+            version != SESSION_CURSOR_VERSION
+            or not MIN_MS <= position < MAX_MS
+            or str(position) != ms
+            or key[:2] not in ("s:", "p:")
+            or len(key) > MAX_FILTER_CHARS + 2
+        ):
+            raise ValueError(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadParameter(
+            "cursor", "cursor is not one this server gave out (pass next_cursor as it is)"
+        ) from None
+    return position, key
+
+
 def decode_cursor(text: str) -> tuple[int, str]:
     """``(timestamp ms, event id)``; :class:`BadParameter` for anything else."""
     try:
@@ -440,7 +470,11 @@ async def sessions(
     persons = None
     if person_id is not None:
         persons = (await side.reader.identity(project, person_id)).ids
-    rows = await side.reader.sessions(project, window, persons, limit, params.flag("include_bots"))
+    cursor = params.values.get("cursor")
+    after = decode_session_cursor(cursor) if cursor is not None else None
+    rows = await side.reader.sessions(
+        project, window, persons, limit, params.flag("include_bots"), after
+    )
     items = [
         {
             "session_id": sid,
@@ -450,9 +484,11 @@ async def sessions(
             "duration_ms": last - first,
             "events": n,
         }
-        for sid, who, first, last, n in rows
+        for sid, who, first, last, n, _key in rows
     ]
-    return _json(200, {"sessions": items})
+    last_row = rows[-1] if len(rows) == limit else None
+    next_cursor = encode_session_cursor(last_row[2], last_row[5]) if last_row is not None else None
+    return _json(200, {"sessions": items, "next_cursor": next_cursor})
 
 
 async def session_stats(
@@ -539,7 +575,9 @@ def add_read_routes(app: web.Application, service: Any) -> None:
     )
     app.router.add_get(TOP_PATH, _read_endpoint({*window, "by", "limit", "event", bots}, top))
     app.router.add_get(ACTIVE_USERS_PATH, _read_endpoint({"at", bots}, active_users))
-    app.router.add_get(SESSIONS_PATH, _read_endpoint({*window, "person", "limit", bots}, sessions))
+    app.router.add_get(
+        SESSIONS_PATH, _read_endpoint({*window, "person", "limit", "cursor", bots}, sessions)
+    )
     app.router.add_get(SESSION_STATS_PATH, _read_endpoint({*window, bots}, session_stats))
     app.router.add_get(PERSON_PATH, _read_endpoint(window, person))
     app.router.add_get(PROJECT_PATH, _read_endpoint(set(), project_info))

@@ -22,7 +22,12 @@ drain agree on them (``storage/`` sees only column names and bytes):
 
   Pipeline rows with ids as UUID text. Readers map by column name, so a column added
   later is absent from older rows: :func:`payload_rows` fills it (``client_timestamp``
-  from ``timestamp``, which is what migration 0002 did for stored rows).
+  from ``timestamp``, which is what migration 0002 did for stored rows; the user-agent
+  columns of migration 0003 with '' and 0, which is what stored rows got).
+
+The page values (``path``, ``referrer_domain``, ``utm_*``) are not pipeline columns:
+ClickHouse computes them from ``properties``/``extras`` at insert (migration 0003), so
+a replayed row gets them exactly as a first flush would.
 
 Append-only: a column is added at the end of :data:`COLUMNS`, never renamed or retyped
 (ClickHouse rows and parked payloads are read back by future versions).
@@ -53,6 +58,14 @@ COLUMNS: tuple[str, ...] = (
     # The client's own timestamp, as sent (no skew correction, no clamp): the same on
     # every retry of an event, so it can sit in the sort key (migration 0002).
     "client_timestamp",
+    # What sent the event (migration 0003; ingest/enrich.py): the user agent as received
+    # (cut at 1,000 characters) and what uap-core and the crawler list make of it. ''
+    # and 0 when unknown, and for rows stored before 0003.
+    "user_agent",
+    "browser",
+    "os",
+    "device_type",
+    "is_bot",
 )
 COLUMN_TYPES: tuple[str, ...] = (
     "UUID",
@@ -66,14 +79,23 @@ COLUMN_TYPES: tuple[str, ...] = (
     "String",
     "String",
     "DateTime64(3, 'UTC')",
+    "LowCardinality(String)",
+    "LowCardinality(String)",
+    "LowCardinality(String)",
+    "LowCardinality(String)",
+    "UInt8",
 )
-EVENT_ID, PROJECT_ID, TIMESTAMP, CLIENT_TIMESTAMP = 0, 1, 6, 10
-# The order of the values in a row line: the two that are the same for a whole request
-# first (validation encodes them once per request and copies them into each line), and
+EVENT_ID, PROJECT_ID, TIMESTAMP, CLIENT_TIMESTAMP, USER_AGENT = 0, 1, 6, 10, 11
+AGENT_COLUMNS = COLUMNS[USER_AGENT:]  # the five of ingest.enrich.Agent, in its order
+AGENT_DEFAULTS = ("", "", "", "", 0)  # unknown: rows and payloads from before 0003
+# The order of the values in a row line: those that are the same for a whole request
+# first (validation encodes them once per request and copies them into each line: the
+# project, received_at, and the request's user agent and what it says), and
 # ``properties`` last, where validation checks its first byte in place.
 LINE_COLUMNS: tuple[str, ...] = (
     "project_id",
     "received_at",
+    *AGENT_COLUMNS,
     "event_id",
     "event",
     "anonymous_id",
@@ -88,8 +110,13 @@ LINE_COLUMNS: tuple[str, ...] = (
 FORMAT = "sluice.events.v1"  # the dead-letter payload format; readers check it
 TABLE = "events_raw_v1"
 
-_LINE = tuple[str, float, str, str, str | None, str | None, str | None, float, float, Raw, Raw]
+_LINE = tuple[str, float, str, str, str, str, int, str, str, str | None, str | None, str | None,
+              float, float, Raw, Raw]  # fmt: skip
 _decode_line = msgspec.json.Decoder(_LINE).decode
+# A row line written before migration 0003 (no user-agent values): what a write-ahead log
+# segment left by an older version holds. Read, never written.
+_LINE_V1 = tuple[str, float, str, str, str | None, str | None, str | None, float, float, Raw, Raw]
+_decode_line_v1 = msgspec.json.Decoder(_LINE_V1).decode
 _encode_into = msgspec.json.Encoder().encode_into
 _LBRACE = ord("{")
 
@@ -101,13 +128,30 @@ def lines_to_rows(data: bytes) -> list[tuple]:
     for line in data.split(b"\n"):
         if not line:
             continue
-        pid, received, eid, name, anon, user, sess, ts, client_ts, extras, props = _decode_line(
-            line
-        )
+        try:
+            (pid, received, ua, browser, os, device, bot, eid, name, anon, user, sess, ts,
+             client_ts, extras, props) = _decode_line(line)  # fmt: skip
+        except msgspec.ValidationError:  # a line of before 0003 (an old log segment)
+            pid, received, eid, name, anon, user, sess, ts, client_ts, extras, props = (
+                _decode_line_v1(line)
+            )
+            ua, browser, os, device, bot = AGENT_DEFAULTS
         rows.append((int(eid, 16), int(pid, 16), name, anon, user, sess, round(ts * 1000),
                      round(received * 1000), bytes(props).decode(), bytes(extras).decode(),
-                     round(client_ts * 1000)))  # fmt: skip
+                     round(client_ts * 1000), ua, browser, os, device, bot))  # fmt: skip
     return rows
+
+
+def upgrade_lines(data: bytes) -> bytes:
+    """Row lines of any version → lines of the current :data:`LINE_COLUMNS` (a write-ahead
+    log segment left by a version before migration 0003 holds shorter lines; their
+    user-agent values become '' and 0). Current lines are returned as they are."""
+    first = data[: data.find(b"\n")]
+    try:
+        _decode_line(first)
+        return data
+    except msgspec.ValidationError:
+        return rows_to_lines(lines_to_rows(data))
 
 
 def _json_value(text: str) -> Raw | str:
@@ -120,8 +164,8 @@ def rows_to_lines(rows: Iterable[tuple]) -> bytes:
     """Pipeline rows → row lines (concatenated), the inverse of :func:`lines_to_rows`."""
     buf = bytearray()
     for r in rows:
-        _encode_into((format(r[1], "032x"), r[7] / 1000, format(r[0], "032x"), r[2], r[3],
-                      r[4], r[5], r[6] / 1000, r[10] / 1000, _json_value(r[9]),
+        _encode_into((format(r[1], "032x"), r[7] / 1000, *r[11:16], format(r[0], "032x"),
+                      r[2], r[3], r[4], r[5], r[6] / 1000, r[10] / 1000, _json_value(r[9]),
                       _json_value(r[8])), buf, -1)  # fmt: skip
         buf.append(10)
     return bytes(buf)
@@ -158,6 +202,11 @@ def payload_rows(raw: bytes | str) -> list[list]:
     if "client_timestamp" not in where:  # parked before migration 0002
         for row in out:
             row[CLIENT_TIMESTAMP] = row[TIMESTAMP]
+    for column, default in zip(AGENT_COLUMNS, AGENT_DEFAULTS, strict=True):
+        if column not in where:  # parked before migration 0003: the agent is unknown
+            at = COLUMNS.index(column)
+            for row in out:
+                row[at] = default
     return out
 
 

@@ -25,7 +25,11 @@ A single bad message is never a failure here: it is passed on as it is and
 :func:`ingest.validate.validate` rejects it by index, like any bad event.
 
 The mapping (also the README's table, *Sending with existing SDKs*) keeps every field the
-client sent: what is not a column goes to ``extras`` under its own name. The write key is
+client sent: what is not a column goes to ``extras`` under its own name. The device's
+user agent, when the SDK sends it in the event (Segment's and RudderStack's
+``context.userAgent``, PostHog's ``properties.$raw_user_agent``), is also the event's
+``user_agent`` (:mod:`ingest.enrich`): a server SDK relaying browser events sends its
+own name in the request's ``User-Agent`` header. The write key is
 the exception: it is the credential, resolved to the project, and is not stored (also
 not PostHog's ``properties.token``).
 
@@ -424,8 +428,9 @@ def _segment_event(
         timestamp = fallback
     extras: dict[str, Any] = {k: v for k, v in msg.items() if k not in _SEGMENT_CONSUMED}
     extras["type"] = mtype
+    own_context = msg.get("context")
     if context is not None:
-        extras["context"] = _merged(context, msg.get("context"))
+        extras["context"] = own_context = _merged(context, own_context)
     if integrations is not None:
         extras["integrations"] = _merged(integrations, msg.get("integrations"))
     if event_name is not None and mtype != "track":
@@ -443,7 +448,21 @@ def _segment_event(
     message_id = _val(msg, "messageId")
     if message_id is not None:
         event["uuid"] = message_id
+    agent = _user_agent(own_context)
+    if agent is not None:
+        event["user_agent"] = agent
     return event, _str_or_none(_val(msg, "writeKey"))
+
+
+def _user_agent(context: Raw | Obj | None) -> str | None:
+    """``context.userAgent`` of a Segment/RudderStack message: the device's agent, which
+    a server SDK relaying browser events sends there (the event's ``user_agent``; the
+    context stays in ``extras`` as sent)."""
+    try:
+        obj = _as_object(context)
+    except msgspec.DecodeError:
+        return None
+    return _str_or_none(_val(obj, "userAgent")) if obj is not None else None
 
 
 # ----------------------------------------------------------------------------- PostHog
@@ -562,6 +581,9 @@ def _posthog_event(raw: Raw | Obj, base_ms: int) -> tuple[Any, str | None]:
     client_id = _val(msg, "uuid")
     if client_id is not None:
         event["uuid"] = client_id
+    agent = _str_or_none(pget("$raw_user_agent"))  # posthog-js: the browser's agent
+    if agent is not None:
+        event["user_agent"] = agent
     return event, key
 
 

@@ -94,7 +94,9 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
         {"event": "before-epoch", "timestamp": "1969-12-31T23:59:59.999Z"},
         {"event": "skewed", "timestamp": now - 1, "properties": {"x": 1.0}},
     ]  # fmt: skip
-    lines, errors, _ = validate_batch(events, uuid.uuid4().int, now, sent_at_ms=now - 5)
+    agent = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Version/17.5 Mobile Safari"
+    lines, errors, _ = validate_batch(events, uuid.uuid4().int, now, sent_at_ms=now - 5,
+                                      user_agent=agent)  # fmt: skip
     assert errors == []
     # Object text exactly as a client wrote it (spaces, escapes, exponent, a big int).
     body = (b'{"events": [{"event": "as-sent", "timestamp": 1, "properties": '
@@ -121,7 +123,8 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
         path,
         "SELECT toString(event_id), toString(project_id), event, anonymous_id, user_id, "
         "session_id, toUnixTimestamp64Milli(timestamp), toUnixTimestamp64Milli(received_at), "
-        "properties, extras, toUnixTimestamp64Milli(client_timestamp) FROM events_raw_v1",
+        "properties, extras, toUnixTimestamp64Milli(client_timestamp), user_agent, browser, "
+        "os, device_type, is_bot FROM events_raw_v1",
     )
     expected = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in lines_to_rows(data)]
     assert rows_to_lines(lines_to_rows(data)) == data  # the replay path writes the same lines

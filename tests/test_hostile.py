@@ -141,7 +141,8 @@ async def test_what_validation_accepts_is_storable_in_postgres_and_clickhouse(po
     in_clickhouse = await ch.query_rows(
         "SELECT toString(event_id), toString(project_id), event, anonymous_id, user_id, "
         "session_id, toUnixTimestamp64Milli(timestamp), toUnixTimestamp64Milli(received_at), "
-        "properties, extras, toUnixTimestamp64Milli(client_timestamp) FROM events_raw_v1"
+        "properties, extras, toUnixTimestamp64Milli(client_timestamp), user_agent, browser, "
+        "os, device_type, is_bot FROM events_raw_v1"
     )
     assert sorted(map(list, in_clickhouse)) == sorted(expected)
     assert rows[0][8].startswith('{"a": 1e400, "b": -1e400')  # object text as sent

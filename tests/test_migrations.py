@@ -92,7 +92,25 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
         ("properties", "String"),
         ("extras", "String"),
         ("client_timestamp", "DateTime64(3, 'UTC')"),
-        ("inserted_at", "DateTime"),
+        # 0003: the user agent and what it says, then the page values ClickHouse computes
+        ("user_agent", "LowCardinality(String)"),
+        ("browser", "LowCardinality(String)"),
+        ("os", "LowCardinality(String)"),
+        ("device_type", "LowCardinality(String)"),
+        ("is_bot", "UInt8"),
+        *(
+            (name, "LowCardinality(String)")
+            for name in (
+                "path",
+                "referrer_domain",
+                "utm_source",
+                "utm_medium",
+                "utm_campaign",
+                "utm_term",
+                "utm_content",
+            )
+        ),
+        ("inserted_at", "DateTime"),  # 0005
     ]
     (engine, sorting, partition, default_kinds) = clickhouse_rows(
         path,
@@ -104,9 +122,10 @@ def test_clickhouse_migrations_apply_once(tmp_path: Path) -> None:
     assert sorting == "project_id, toDate(client_timestamp), event, client_timestamp, event_id"
     assert partition == "toYYYYMM(client_timestamp)"
     # received_at is stamped by Sluice, never defaulted; client_timestamp defaults to
-    # timestamp only for rows that lack it (stored before 0002); inserted_at is stamped
-    # by ClickHouse at insert (0005).
-    assert default_kinds == [""] * 10 + ["DEFAULT", "MATERIALIZED"]
+    # timestamp only for rows that lack it (stored before 0002); the agent columns
+    # default to '' / 0 for rows stored before 0003, whose page values ClickHouse computes;
+    # inserted_at is stamped by ClickHouse at insert (0005).
+    assert default_kinds == [""] * 10 + ["DEFAULT"] * 6 + ["MATERIALIZED"] * 8
     # A fresh install keeps no copy of the (empty) table 0002 replaced.
     assert clickhouse_rows(path, "SELECT count() FROM system.tables "
                            "WHERE name LIKE 'events_raw_v1_%'") == [(0,)]  # fmt: skip

@@ -623,6 +623,19 @@ def test_sessions_are_session_ids_else_30_minute_gaps_per_person(world: World) -
     assert sessions(world.b.key, person="g1") == []
     assert [s[1] for s in sessions(world.b.key)] == ["b-anon", "u9", "shared"]
     assert len(sessions(world.a.key, limit=2)) == 2
+    # pages of 3 follow next_cursor to the same list, without gaps or repeats
+    pages, params = [], {**world.window(), "limit": 3}
+    while True:
+        body = world.get("/api/v1/sessions", world.a.key, **params).json()
+        pages.append([(s["session_id"], s["person"], s["start"]) for s in body["sessions"]])
+        if body["next_cursor"] is None:
+            break
+        params["cursor"] = body["next_cursor"]
+    whole = [(s[0], s[1], s[2]) for s in sessions(world.a.key)]
+    assert pages == [whole[0:3], whole[3:6], whole[6:8]]
+    for bad in ("x", encode_cursor(0, str(uuid.uuid4()))):  # an events cursor is not one
+        response = world.get("/api/v1/sessions", world.a.key, cursor=bad)
+        assert (response.status, response.json()["parameter"]) == (400, "cursor")
 
 
 def test_a_person_is_their_events_in_their_project_only(world: World) -> None:

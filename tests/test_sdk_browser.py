@@ -152,3 +152,17 @@ def test_browser_sdks_in_chromium_send_to_sluice(start_server, project, serve_st
     assert ph_identify["anonymous_id"] == ph_track["anonymous_id"]
     assert ph_identify["extras"]["$set"] == {"email": "a@example.com"}  # top-level $set
     assert stored["$pageview", "posthog"]["properties"]["$current_url"].startswith(origin)
+
+    # Enrichment: every event carries the browser's own agent (posthog-js's
+    # $raw_user_agent, analytics-next's context.userAgent, and the request's header
+    # agree) — headless Chromium, which is a bot — and the page it was on.
+    enriched = clickhouse_rows(
+        server.data_dir / "clickhouse",
+        "SELECT event, position(user_agent, 'HeadlessChrome') > 0, browser, os, device_type, "
+        "is_bot, path FROM events_raw_v1 ORDER BY event",
+    )
+    assert enriched == [
+        (name, True, "HeadlessChrome", "Linux", "bot", 1, "/index.html")
+        for name in ("$identify", "$identify", "$pageview", "$pageview", "Clicked Buy",
+                     "Clicked Buy")
+    ]  # fmt: skip

@@ -107,3 +107,20 @@ def test_node_sdks_send_to_sluice_unchanged(start_server, project) -> None:
         row = rows[name, "ph-u1"]
         assert row["properties"]["i"] == int(name[-1])
         uuid.UUID(row["event_id"])  # posthog-node mints a UUID per event
+
+    # Enrichment: the Node SDKs are the customer's own servers — their requests' agents
+    # are kept and are not bots (device unknown); the page values come from properties.
+    agents = clickhouse_rows(
+        server.data_dir / "clickhouse",
+        "SELECT DISTINCT user_id, user_agent, browser, os, device_type, is_bot "
+        "FROM events_raw_v1 ORDER BY user_id",
+    )
+    assert [(user, agent.split("/")[0], *rest) for user, agent, *rest in agents] == [
+        ("ph-u1", "posthog-node", "", "", "", 0),
+        ("seg-u1", "analytics-node-next", "", "", "", 0),
+    ]
+    pages = clickhouse_rows(
+        server.data_dir / "clickhouse",
+        "SELECT user_id, path FROM events_raw_v1 WHERE event = '$pageview' ORDER BY user_id",
+    )
+    assert pages == [("ph-u1", "/docs"), ("seg-u1", "/docs")]
