@@ -49,22 +49,35 @@ KINDS = {
     "ids": ("anonymous_id", "user_id", "session_id"),
     "times": ("timestamp", "received_at", "client_timestamp"),
     "json": ("properties", "extras"),
+    # Migration 0003's enrichment columns (LowCardinality; not changed by 0006: measured
+    # here for a later migration).
+    "enrich": (
+        "user_agent",
+        "browser",
+        "os",
+        "device_type",
+        "path",
+        "referrer_domain",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+    ),
 }
 # Candidate sets: one codec per kind of column (None = the default, LZ4).
 CANDIDATES: dict[str, dict[str, str | None]] = {
     "default (LZ4)": {k: None for k in KINDS},
     "zstd1": {"uuid": "ZSTD(1)", "event": "ZSTD(1)", "ids": "ZSTD(1)",
-              "times": "Delta(8), ZSTD(1)", "json": "ZSTD(1)"},
+              "times": "Delta(8), ZSTD(1)", "json": "ZSTD(1)", "enrich": "ZSTD(1)"},
     "zstd3": {"uuid": "ZSTD(3)", "event": None, "ids": "ZSTD(3)",
-              "times": "DoubleDelta, ZSTD(1)", "json": "ZSTD(3)"},
+              "times": "DoubleDelta, ZSTD(1)", "json": "ZSTD(3)", "enrich": "ZSTD(3)"},
     "zstd4": {"uuid": None, "event": None, "ids": "ZSTD(4)", "times": "T64, ZSTD(1)",
-              "json": "ZSTD(4)"},
+              "json": "ZSTD(4)", "enrich": None},
     "zstd5": {"uuid": None, "event": None, "ids": "ZSTD(5)", "times": "ZSTD(1)",
-              "json": "ZSTD(5)"},
+              "json": "ZSTD(5)", "enrich": None},
     "zstd6": {"uuid": None, "event": None, "ids": "ZSTD(6)", "times": "T64, ZSTD(3)",
-              "json": "ZSTD(6)"},
+              "json": "ZSTD(6)", "enrich": None},
     "zstd9": {"uuid": None, "event": None, "ids": "ZSTD(9)", "times": "Delta(8), ZSTD(3)",
-              "json": "ZSTD(9)"},
+              "json": "ZSTD(9)", "enrich": None},
 }  # fmt: skip
 # What migration 0006 applies (keep in step with migrations/clickhouse/0006_codecs.sql).
 CHOSEN: dict[str, str | None] = {
@@ -73,6 +86,7 @@ CHOSEN: dict[str, str | None] = {
     "ids": "ZSTD(1)",
     "times": "Delta(8), ZSTD(1)",
     "json": "ZSTD(1)",
+    "enrich": None,
 }
 CANDIDATES["chosen (0006)"] = CHOSEN
 
@@ -93,10 +107,10 @@ def make_table(client, name: str, codecs: dict[str, str | None]) -> None:
     )
     for kind, columns in KINDS.items():
         for column in columns:
-            client.command(
-                f"ALTER TABLE {name} MODIFY COLUMN {column} {types[column]} "
-                f"{codec_clause(codecs[kind])}"
-            )
+            if column in types:  # a codec alone: type, default and MATERIALIZED kept
+                client.command(
+                    f"ALTER TABLE {name} MODIFY COLUMN {column} {codec_clause(codecs[kind])}"
+                )
 
 
 def write_lines(client, directory: Path) -> list[Path]:
@@ -112,6 +126,8 @@ def write_lines(client, directory: Path) -> list[Path]:
             return f"toString(toDecimal64(toUnixTimestamp64Milli({column}) / 1000, 3))"
         if column in ("properties", "extras"):
             return column
+        if column == "is_bot":
+            return "toString(is_bot)"
         return f"if(isNull({column}), 'null', concat('\"', assumeNotNull({column}), '\"'))"
 
     line = "concat('[', " + ", ',', ".join(value(c) for c in LINE_COLUMNS) + ", ']')"

@@ -31,8 +31,12 @@ The shape (figures for the default 10 million events over 90 days):
   ``utm_source``, ``screen_width``, ``screen_height``, ``plan``); page views add ``url``
   with ``utm_*`` in its query for ~15 % of them (the ``utm_source`` property says
   ``direct`` or ``organic``). 220 paths; a referrer (12 domains) on the first event of
-  60 % of sessions, none elsewhere; 6 user-agent strings (one a crawler's) in
-  ``extras.context.userAgent`` beside the bench body's ``library`` and ``locale``.
+  60 % of sessions, none elsewhere; 6 user-agent strings in
+  ``extras.context.userAgent`` beside the bench body's ``library`` and ``locale``, one
+  per visitor (by weight: 1 visitor in 30 is a crawler), and the agent columns filled
+  as ingest fills them (``ingest.enrich.describe``: browser, OS, device type, bot flag).
+  ``path``, ``referrer_domain`` and ``utm_*`` are computed by ClickHouse at insert
+  (MATERIALIZED, migration 0003), as for every stored event.
 * **ids and times**: ``event_id`` a UUIDv7 of the event's millisecond plus 74 random bits
   (an SDK's own id is as random); ``received_at`` 0–3 s after ``timestamp``;
   ``client_timestamp`` = ``timestamp`` (no clock skew).
@@ -88,6 +92,8 @@ USER_AGENTS = [
     "Chrome/131.0.0.0 Mobile Safari/537.36",
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
 ]
+# Visitors' agents by weight (of 30): the crawler's 1 in 30 are bots (stats leave them out).
+UA_WEIGHTS = [0] * 8 + [1] * 6 + [2] * 6 + [3] * 3 + [4] * 6 + [5] * 1
 TITLES = ["Sluice - event ingest", "Pricing - Sluice", "Docs - Sluice", "Blog - Sluice"]
 PLANS = ["free", "pro", "team", "enterprise"]
 SCREENS = [(1440, 900), (1920, 1080), (390, 844), (1536, 864), (2560, 1440)]
@@ -112,12 +118,17 @@ def events_sql(project_id: str, n: int, days: int, end_ms: int) -> str:
     span_ms = days * 86_400_000
     h = "sipHash64(number, {k})".format
     u = "(sipHash64(number, {k}) % 1000000) / 1000000.0".format
+    from ingest.enrich import describe  # what ingest stores for each agent (uap-core)
+
+    agents = [describe(ua) for ua in USER_AGENTS]
+    ua = f"arrayElement({_array(UA_WEIGHTS)}, 1 + sipHash64(visitor, 15) % {len(UA_WEIGHTS)})"
     utm = _array([f"utm_source={s}&utm_medium={m}&utm_campaign={c}" for s, m, c in UTM])
     screens = _array([f'"screen_width":{w},"screen_height":{hh}' for w, hh in SCREENS])
     return f"""
 INSERT INTO events_raw_v1
     (event_id, project_id, event, anonymous_id, user_id, session_id, timestamp,
-     received_at, properties, extras, client_timestamp)
+     received_at, properties, extras, client_timestamp, user_agent, browser, os,
+     device_type, is_bot)
 SELECT
     toUUID(concat(substr(tshex, 1, 8), '-', substr(tshex, 9, 4), '-7', substr(r1, 1, 3), '-',
                   'a', substr(r1, 4, 3), '-', substr(r1, 7, 10), substr(r2, 1, 2))) AS event_id,
@@ -139,9 +150,14 @@ SELECT
            ',"plan":"', {_pick(_array(PLANS), "sipHash64(visitor, 13)")}, '"}}') AS properties,
     concat('{{"context":{{"library":{{"name":"sluice-js","version":"1.4.2"}},"locale":"',
            {_pick(_array(["en-GB", "en-US", "de-DE", "fr-FR", "es-ES"]), "sipHash64(visitor, 14)")},
-           '","userAgent":"', {_pick(_array(USER_AGENTS), "sipHash64(visitor, 15)")},
+           '","userAgent":"', arrayElement({_array(USER_AGENTS)}, 1 + ua_index),
            '"}}}}') AS extras,
-    timestamp AS client_timestamp
+    timestamp AS client_timestamp,
+    arrayElement({_array([a[0] for a in agents])}, 1 + ua_index) AS user_agent,
+    arrayElement({_array([a[1] for a in agents])}, 1 + ua_index) AS browser,
+    arrayElement({_array([a[2] for a in agents])}, 1 + ua_index) AS os,
+    arrayElement({_array([a[3] for a in agents])}, 1 + ua_index) AS device_type,
+    toUInt8(arrayElement({_array([a[4] for a in agents])}, 1 + ua_index)) AS is_bot
 FROM
 (
     SELECT
@@ -167,7 +183,8 @@ FROM
            '') AS referrer,
         leftPad(lower(hex(ts_ms)), 12, '0') AS tshex,
         leftPad(lower(hex({h(k=24)})), 16, '0') AS r1,
-        leftPad(lower(hex({h(k=25)})), 16, '0') AS r2
+        leftPad(lower(hex({h(k=25)})), 16, '0') AS r2,
+        {ua} AS ua_index
     FROM numbers({int(n)})
 )
 """
