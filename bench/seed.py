@@ -7,11 +7,14 @@ days before ``end``, merged into one part per month (``OPTIMIZE … FINAL``), so
 the read phase measures is the steady state of a table, not a pile of fresh parts.
 On failure: the engine's error propagates (the bench stops).
 
-One ``INSERT … SELECT … FROM numbers(n)``: ClickHouse builds every row itself — 10 million
-events in 37 s plus 19 s for the merge on this class of machine, busy with other work
-(5.5 + 3.2 s for 2 million) — instead of many minutes through the HTTP path. Larger
-insert blocks (fewer parts to merge) and ``optimize_on_insert = 0`` were measured and are
-no faster.
+One ``INSERT … SELECT … FROM numbers(n)``: ClickHouse builds every row itself, instead of
+many minutes through the HTTP path. Measured on this class of machine, busy with other
+work: before migration 0003's columns, 10 million events in 37–71 s plus 19–23 s for the
+merge; with them, 91 s + 48 s while ClickHouse parsed the JSON again for the MATERIALIZED
+columns, and 12.5 s + 9.9 s for 2 million once the seed writes those values itself
+(``insert_allow_materialized_columns``; :func:`check_materialized` proves them equal).
+Larger insert blocks (fewer parts to merge) and ``optimize_on_insert = 0`` were measured
+and are no faster.
 Everything is a deterministic hash of the row number (``sipHash64(number, k)``), so two
 seeds of the same size hold the same data.
 
@@ -128,7 +131,8 @@ def events_sql(project_id: str, n: int, days: int, end_ms: int) -> str:
 INSERT INTO events_raw_v1
     (event_id, project_id, event, anonymous_id, user_id, session_id, timestamp,
      received_at, properties, extras, client_timestamp, user_agent, browser, os,
-     device_type, is_bot)
+     device_type, is_bot, path, referrer_domain, utm_source, utm_medium, utm_campaign,
+     utm_term, utm_content)
 SELECT
     toUUID(concat(substr(tshex, 1, 8), '-', substr(tshex, 9, 4), '-7', substr(r1, 1, 3), '-',
                   'a', substr(r1, 4, 3), '-', substr(r1, 7, 10), substr(r2, 1, 2))) AS event_id,
@@ -143,7 +147,7 @@ SELECT
     fromUnixTimestamp64Milli(ts_ms + toInt64({h(k=8)} % 3000), 'UTC') AS received_at,
     concat('{{"path":"', path, '"',
            if(ev = 'page_view', concat(',"url":"https://app.example.com', path,
-              if({h(k=9)} % 100 < 15, concat('?', {_pick(utm, h(k=10))}), ''), '"'), ''),
+              if(utm_query != '', concat('?', utm_query), ''), '"'), ''),
            ',"referrer":"', referrer, '","title":"', {_pick(_array(TITLES), h(k=11))},
            '","utm_source":"', if(referrer = '', 'direct', 'organic'), '",',
            {_pick(screens, "sipHash64(visitor, 12)")},
@@ -157,7 +161,14 @@ SELECT
     arrayElement({_array([a[1] for a in agents])}, 1 + ua_index) AS browser,
     arrayElement({_array([a[2] for a in agents])}, 1 + ua_index) AS os,
     arrayElement({_array([a[3] for a in agents])}, 1 + ua_index) AS device_type,
-    toUInt8(arrayElement({_array([a[4] for a in agents])}, 1 + ua_index)) AS is_bot
+    toUInt8(arrayElement({_array([a[4] for a in agents])}, 1 + ua_index)) AS is_bot,
+    path,
+    domainWithoutWWW(referrer) AS referrer_domain,
+    if(referrer = '', 'direct', 'organic') AS utm_source,
+    extractURLParameter(concat('?', utm_query), 'utm_medium') AS utm_medium,
+    extractURLParameter(concat('?', utm_query), 'utm_campaign') AS utm_campaign,
+    '' AS utm_term,
+    '' AS utm_content
 FROM
 (
     SELECT
@@ -184,7 +195,8 @@ FROM
         leftPad(lower(hex(ts_ms)), 12, '0') AS tshex,
         leftPad(lower(hex({h(k=24)})), 16, '0') AS r1,
         leftPad(lower(hex({h(k=25)})), 16, '0') AS r2,
-        {ua} AS ua_index
+        {ua} AS ua_index,
+        if(ev = 'page_view' AND {h(k=9)} % 100 < 15, {_pick(utm, h(k=10))}, '') AS utm_query
     FROM numbers({int(n)})
 )
 """
@@ -215,10 +227,35 @@ FROM
 """
 
 
+def check_materialized(client: Any, sample: int = 200_000) -> None:
+    """The seeded values of the MATERIALIZED columns are what their expressions give (on
+    ``sample`` rows): the seed stores what ingest would have stored."""
+    expressions = client.query(
+        "SELECT name, default_expression FROM system.columns WHERE database = "
+        "currentDatabase() AND table = 'events_raw_v1' AND default_kind = 'MATERIALIZED' "
+        "AND name IN ('path', 'referrer_domain', 'utm_source', 'utm_medium', 'utm_campaign', "
+        "'utm_term', 'utm_content')"
+    ).result_rows
+    if not expressions:
+        return
+    checks = ", ".join(f"countIf({name} != toString({expr}))" for name, expr in expressions)
+    differ = client.query(
+        f"SELECT {checks} FROM (SELECT * , {', '.join(n for n, _ in expressions)} "
+        f"FROM events_raw_v1 LIMIT {sample})"
+    ).result_rows[0]
+    wrong = {name: n for (name, _), n in zip(expressions, differ, strict=True) if n}
+    if wrong:
+        raise RuntimeError(f"seeded values differ from the MATERIALIZED columns: {wrong}")
+
+
 def seed(client: Any, project_id: str, n: int, days: int, end_ms: int) -> dict:
     """Write the history into ``client`` (a clickhouse-connect client on the embedded
     directory), merge it, and return what was written and how long each step took."""
     settings = {
+        # path, referrer_domain and utm_* are written with the values generated beside the
+        # JSON instead of ClickHouse parsing it again (that parse doubled the seed time);
+        # check_materialized() proves they are what the columns' expressions give.
+        "insert_allow_materialized_columns": 1,
         "insert_deduplicate": 0,
         "throw_on_max_partitions_per_insert_block": 0,
         "max_partitions_per_insert_block": 1000,
@@ -228,6 +265,7 @@ def seed(client: Any, project_id: str, n: int, days: int, end_ms: int) -> dict:
     client.command(events_sql(project_id, n, days, end_ms), parameters=params, settings=settings)
     client.command(identify_sql(project_id, days, end_ms), parameters=params, settings=settings)
     inserted = time.monotonic()
+    check_materialized(client)
     client.command("OPTIMIZE TABLE events_raw_v1 FINAL")
     merged = time.monotonic()
     rows = int(client.command("SELECT count() FROM events_raw_v1"))
