@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install node-clients chromium run test lint format bench clean
+.PHONY: install node-clients chromium run test lint format bench bench-read bench-codecs wrk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,9 +51,21 @@ format: install
 	$(BIN)/ruff format .
 
 ## make bench: real server + load generator + baseline; writes bench/results/latest.json
-bench: install
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk); } || { echo "make bench needs wrk: apt-get install wrk"; exit 2; }
+## (the read phase included: 10M events seeded over 90 days, stats endpoints, ingest under reads)
+bench: install wrk
 	$(BIN)/python bench/run.py
+
+## make bench-read: only the read phase (BENCH_READ_EVENTS=1000000 while iterating);
+## its figures replace the `read` part of bench/results/latest.json
+bench-read: install wrk
+	$(BIN)/python bench/read.py
+
+## make bench-codecs: bytes on disk and insert cost of candidate column codecs (migration 0006)
+bench-codecs: install
+	$(BIN)/python bench/codecs.py
+
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk); } || { echo "make bench needs wrk: apt-get install wrk"; exit 2; }
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules

@@ -66,6 +66,8 @@ configuration (``config.py``), logging (``logs.py``), the composition root, the 
 recovery and the one-deadline shutdown (``app.py``), and the ``sluice`` command line
 (``cli.py``). Stores live in ``storage/`` (ClickHouse transports, Postgres, migrations);
 projects and tokens in ``auth/``.
+The raw events' retention (``EVENTS_RETENTION_DAYS`` as a TTL, made to match at boot):
+``retention.py``.
 
 The promise: an event answered with 2xx reaches ClickHouse exactly once — also across a
 crash (the log), a lost acknowledgement (the dedup token) and a client retry (the sort

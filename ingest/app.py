@@ -8,6 +8,8 @@ Boot (``sluice serve``):
 3. ClickHouse: the embedded engine must open (else exit 1; a directory still held by
    the engine of a server killed a moment ago is waited for); a server may be down —
    its migrations are retried in the background and batches park in ``failed_events``.
+   After the migrations, the raw events' TTL is made to match ``EVENTS_RETENTION_DAYS``
+   (``ingest/retention.py``).
 4. The write-ahead log (``INGEST_DURABILITY=fsync``): lock ``INGEST_WAL_DIR`` and queue
    every whole batch a dead process left in it, ahead of anything new (each under its
    original id, so a batch that had landed is not stored twice).
@@ -52,6 +54,7 @@ from ingest.drain import Drain
 from ingest.flush import Flusher, UsageHook, no_usage
 from ingest.http import build_app
 from ingest.metrics import Metrics
+from ingest.retention import apply_retention
 from ingest.rollup import Rollup
 from ingest.state import State
 from ingest.wal import Wal, WalLocked
@@ -305,7 +308,7 @@ async def _migrate_clickhouse(service: Service) -> None:
     try:
         # A server that accepts connections and never answers would otherwise hold boot
         # for the whole request timeout.
-        applied = await asyncio.wait_for(clickhouse_up(service.clickhouse), BOOT_CLICKHOUSE_WAIT)
+        applied = await asyncio.wait_for(_clickhouse_schema(service), BOOT_CLICKHOUSE_WAIT)
     except (ClickHouseError, TimeoutError) as exc:
         if isinstance(service.clickhouse, EmbeddedClickHouse):
             raise BootError(f"ClickHouse migrations failed: {exc}") from exc
@@ -322,11 +325,21 @@ async def _migrate_clickhouse(service: Service) -> None:
         log.info("clickhouse_migrated", versions=[m.version for m in applied])
 
 
+async def _clickhouse_schema(service: Service) -> list[Any]:
+    """The ClickHouse migrations, then the raw events' TTL (``EVENTS_RETENTION_DAYS``)."""
+    applied = await clickhouse_up(service.clickhouse)
+    days = service.config.events_retention_days
+    action = await apply_retention(service.clickhouse, days)
+    if action != "unchanged":
+        log.info("events_retention", action=action, days=days or None)
+    return applied
+
+
 async def _migrate_later(service: Service) -> None:
     while not service.state.shutting_down:
         await asyncio.sleep(CLICKHOUSE_MIGRATE_RETRY)
         try:
-            applied = await clickhouse_up(service.clickhouse)
+            applied = await _clickhouse_schema(service)
         except ClickHouseError:
             continue
         service.state.clickhouse_ok()

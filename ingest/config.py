@@ -87,7 +87,10 @@ ENV_VARS: dict[str, tuple[str, str | None]] = {
     "SESSION_TIMEOUT": ("session_timeout", "30m"),
     # How often the rollup pass folds finished days into the rollup tables (ingest/rollup.py).
     "ROLLUP_INTERVAL": ("rollup_interval", "60s"),
+    # Raw events older than this many days are deleted by ClickHouse (ingest/retention.py).
+    "EVENTS_RETENTION_DAYS": ("events_retention_days", "0"),
 }
+_RETENTION_EXPECTED = "expected a whole number of days from 1 to 36500, or 0 or off (keep for ever)"
 _FIELD_TO_VAR = {field: var for var, (field, _) in ENV_VARS.items()}
 _DURATION_FIELDS = (
     "flush_interval",
@@ -109,6 +112,7 @@ _EXPECTED = {
     "project_events_per_s": "a non-negative number of events per second (0 = no limit)",
     "project_burst": "a non-negative integer (0 = one second's worth)",
     "read_concurrency": "a positive integer",
+    "events_retention_days": _RETENTION_EXPECTED,
 }
 
 
@@ -146,6 +150,7 @@ class Config(BaseModel):
     read_concurrency: int
     session_timeout: float
     rollup_interval: float
+    events_retention_days: int  # 0 = off
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -254,6 +259,16 @@ class Config(BaseModel):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @field_validator("events_retention_days", mode="before")
+    @classmethod
+    def _retention_days(cls, value: Any) -> int:
+        text = str(value).strip().lower()
+        if text in ("off", "0", ""):
+            return 0
+        if not text.isdigit() or not 1 <= int(text) <= 36500:
+            raise ValueError(_RETENTION_EXPECTED)
+        return int(text)
 
     @property
     def embedded_postgres_dir(self) -> Path:
