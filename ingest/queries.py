@@ -206,15 +206,6 @@ class Rolled:
             out[f"ra{i}"], out[f"rb{i}"] = since, until
         return out
 
-    def within(self, window: Window) -> Rolled:
-        """The days of these wholly inside ``window`` (a part of this one)."""
-        kept = [
-            (d, v)
-            for d, v in zip(self.days, self.versions, strict=True)
-            if window.since_ms <= _day_ms(d) and _day_ms(d) + DAY_MS <= window.until_ms
-        ]
-        return Rolled(window, tuple(d for d, _ in kept), tuple(v for _, v in kept))
-
 
 def _day_ms(day: str) -> int:
     return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
@@ -234,6 +225,7 @@ def _mixed(
     raw_bucket: str,
     raw_where: str,
     include_bots: bool,
+    value_in: str | None = None,
 ) -> str:
     """``FROM`` clause: rows ``x`` = ``(t, value, ph, n)`` — a bucket, a value, an
     own-person hash and a count of distinct events — from the rollup ``table`` (dimension
@@ -241,9 +233,13 @@ def _mixed(
     them, each range named in the SQL so the ``timestamp`` index skips the rest. Read
     :data:`PERSON` from it; the query must start ``WITH {_LINKS}`` and bind
     :meth:`Rolled.params` and the window. ``dim`` and the expressions are constants of
-    this module, never input."""
+    this module, never input; ``value_in`` (a subquery) keeps only the values it returns."""
     day = "toDate(hour)" if table == HOURLY else "day"
     parts = []
+    rollup_only = raw_only = ""
+    if value_in is not None:
+        rollup_only = f" AND {rollup_value} IN ({value_in})"
+        raw_only = f" AND {raw_value} IN ({value_in})"
     if rolled.days:
         bots = "" if include_bots else " AND is_bot = 0"
         parts.append(
@@ -252,7 +248,7 @@ def _mixed(
             f"AND {day} >= {{rd0:Date}} AND {day} <= {{rd1:Date}} "
             # the day's version by hash lookup (has()+indexOf() per row cost 2-3x)
             f"AND version = transform({day}, {{rdays:Array(Date)}}, {{rver:Array(UInt64)}}, "
-            f"toUInt64(0)){bots}"
+            f"toUInt64(0)){bots}{rollup_only}"
         )
     gaps = rolled.gaps()
     if gaps or not parts:
@@ -264,7 +260,7 @@ def _mixed(
         parts.append(
             f"SELECT {raw_bucket} AS t, {raw_value} AS value, {PERSON_HASH} AS ph, "
             f"toUInt64(1) AS n FROM {TABLE} FINAL WHERE {raw_where}{_bots(include_bots)} "
-            f"AND ({ranges or '0'})"
+            f"AND ({ranges or '0'}){raw_only}"
         )
     return f"({' UNION ALL '.join(parts)}) AS x"
 
@@ -430,14 +426,19 @@ class Reader:
         else:
             rolled = await self.rolled(project, window)
         params.update(rolled.params())
-        source = _mixed(
-            rolled, DAILY, by, "value", "0", TOP_DIMENSIONS[by], "0", where, include_bots
+        args = (rolled, DAILY, by, "value", "0", TOP_DIMENSIONS[by], "0", where, include_bots)
+        # Two passes: the top values by events (no persons read), then the users of those
+        # values only — counting distinct persons is the cost, and most values are not
+        # in the answer.
+        ranked = (
+            f"SELECT x.value FROM {_mixed(*args)} GROUP BY x.value HAVING x.value != '' "
+            "ORDER BY sum(x.n) DESC, x.value ASC LIMIT {limit:UInt32}"
         )
         sql = (
             f"WITH {_LINKS} SELECT x.value AS value, toUInt64(sum(x.n)) AS events, "
-            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users FROM {source} "
-            "GROUP BY value HAVING value != '' ORDER BY events DESC, value ASC "
-            "LIMIT {limit:UInt32} " + self._settings
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users "
+            f"FROM {_mixed(*args, value_in=ranked)} "
+            "GROUP BY value ORDER BY events DESC, value ASC " + self._settings
         )
         rows = await self._ch.query_rows(sql, params)
         return [(str(v), int(n), int(u)) for v, n, u in rows]
@@ -448,20 +449,29 @@ class Reader:
         """Distinct persons in the 1, 7 and 30 days (of 24 h) before ``at``; folded days
         from the daily rollup."""
         month = Window(at_ms - 30 * DAY_MS, at_ms)
+        d1, d7 = at_ms - DAY_MS, at_ms - 7 * DAY_MS
         rolled = await self.rolled(project, month)
-        counts = []
-        for days in (1, 7, 30):
-            window = Window(at_ms - days * DAY_MS, at_ms)
-            part = rolled.within(window)
-            params = {**_base(project, window), **part.params()}
-            source = _mixed(part, DAILY, "", "''", "0", "''", "0", _WHERE, include_bots)
-            sql = (
-                f"WITH {_LINKS} SELECT toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) "
-                f"FROM {source} " + self._settings
-            )
-            ((n,),) = await self._ch.query_rows(sql, params)
-            counts.append(int(n))
-        return counts[0], counts[1], counts[2]
+        # One scan: a rolled day must lie wholly on one side of each window's start, so
+        # the days holding the 1- and 7-day boundaries are read raw.
+        kept = [
+            (d, v)
+            for d, v in zip(rolled.days, rolled.versions, strict=True)
+            if not any(_day_ms(d) < edge < _day_ms(d) + DAY_MS for edge in (d1, d7))
+        ]
+        rolled = Rolled(month, tuple(d for d, _ in kept), tuple(v for _, v in kept))
+        params = {**_base(project, month), **rolled.params(), "d1": d1, "d7": d7}
+        source = _mixed(
+            rolled, DAILY, "", "''", "toInt64(toUnixTimestamp(day)) * 1000", "''",
+            "toUnixTimestamp64Milli(timestamp)", _WHERE, include_bots,
+        )  # fmt: skip
+        sql = (
+            f"WITH {_LINKS} SELECT "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0 AND x.t >= {{d1:Int64}})), "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0 AND x.t >= {{d7:Int64}})), "
+            f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) FROM {source} " + self._settings
+        )
+        ((dau, wau, mau),) = await self._ch.query_rows(sql, params)
+        return int(dau), int(wau), int(mau)
 
     def _sessions_sql(self, where: str) -> str:
         """Every session in the window: ``sid, who, first, last, n, pages`` (see
