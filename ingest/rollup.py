@@ -22,6 +22,12 @@ project, so a restart resumes there instead of folding everything again. Several
 instances may fold the same day: each fold is complete on its own, readers take the
 newest version.
 
+Cost bound: a pass that spent T seconds folding is followed by at least 9 T seconds of
+rest (``DUTY_FACTOR``), so folds take at most ~10% of the engine's time even when a past
+day is written to all the time (a steady stream of late events re-dirties it at every
+pass). The price: a late event's day then shows it only after the next fold, up to 9 T
+seconds later instead of ``ROLLUP_INTERVAL``.
+
 On failure: a fold that fails (ClickHouse down, a read limit) is logged (bounded
 repetition) and retried at the next pass; readers keep the previous version or the raw
 events, so stats stay right, only slower. ``stats()`` feeds ``/metrics``.
@@ -52,6 +58,7 @@ from storage.clickhouse import ClickHouse
 
 log = structlog.get_logger("sluice.rollup")
 
+DUTY_FACTOR = 9  # a pass that folded for T seconds is followed by ≥ 9 T seconds of rest
 NIL = uuid.UUID(int=0)  # rollup_days_v1's bookkeeping row: how far the passes got
 # Each fold reads one project-day with these limits (a fold is a big read; it must not
 # hold the embedded engine, which serves inserts too, for long).
@@ -85,6 +92,7 @@ class Rollup:
         self.failures = 0
         self.pending = 0  # project-days waiting for a fold
         self.last_pass_at: float | None = None  # time.time() of the last complete pass
+        self.last_pass_seconds = 0.0  # how long it folded
         self._closed: str | None = None  # days before this are folded (as of the marker)
         self._since: str | None = None  # inserted_at from which rows re-fold their day
 
@@ -115,8 +123,12 @@ class Rollup:
                 if self._repeats.allow("rollup_pass_failed"):
                     log.warning("rollup_pass_failed", error=str(exc)[:300])
             self._wake.clear()
+            # Folding is a big read: keep it under ~10% of the engine's time, whatever the
+            # interval (a day written to all the time — a steady stream of late events —
+            # would otherwise be folded again at every pass).
+            pause = max(self.interval, DUTY_FACTOR * self.last_pass_seconds)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
             except TimeoutError:
                 pass
 
@@ -154,11 +166,13 @@ class Rollup:
             params,
         )
         self.pending = len(days)
+        folding = time.monotonic()
         for project, day in days:
             if self._stop.is_set():
                 return 0  # the marker stays: the next process folds these again
             await self.fold(uuid.UUID(project), day)
             self.pending -= 1
+        self.last_pass_seconds = time.monotonic() - folding
         version = time.time_ns() // 1000
         await self._ch.command(
             f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at) VALUES "
