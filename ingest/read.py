@@ -389,6 +389,14 @@ def _event_item(r: tuple) -> dict[str, Any]:
     }
 
 
+async def _person_ids(side: ReadSide, project: uuid.UUID, params: Params) -> tuple[str, ...] | None:
+    """The ``person`` parameter → every id of that person (identity stitching), or None."""
+    person_id = params.text("person")
+    if person_id is None:
+        return None
+    return (await side.reader.identity(project, person_id)).ids
+
+
 async def events(
     request: web.Request, side: ReadSide, project: uuid.UUID, params: Params
 ) -> web.Response:
@@ -398,10 +406,7 @@ async def events(
     cursor = params.values.get("cursor")
     after = decode_cursor(cursor) if cursor is not None else None
     received_after = params.time("received_after")
-    person_id = params.text("person")
-    persons = None
-    if person_id is not None:
-        persons = (await side.reader.identity(project, person_id)).ids
+    persons = await _person_ids(side, project, params)
     rows = await side.reader.events(
         project, EventsQuery(window, limit, filters, after, received_after, persons)
     )
@@ -461,10 +466,7 @@ async def sessions(
 ) -> web.Response:
     window = params.window(_now_ms())
     limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    person_id = params.text("person")
-    persons = None
-    if person_id is not None:
-        persons = (await side.reader.identity(project, person_id)).ids
+    persons = await _person_ids(side, project, params)
     cursor = params.values.get("cursor")
     after = decode_session_cursor(cursor) if cursor is not None else None
     rows = await side.reader.sessions(
