@@ -211,7 +211,8 @@ def _day_ms(day: str) -> int:
     return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def _day_text(ms: int) -> str:
+def day_text(ms: int) -> str:
+    """Epoch milliseconds → its UTC day, ``YYYY-MM-DD``."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
@@ -351,7 +352,7 @@ class Reader:
             "{project:UUID} AND day >= {d0:Date} AND day < {d1:Date} GROUP BY day ORDER BY day "
             + self._settings
         )
-        params = {"project": str(project), "d0": _day_text(first), "d1": _day_text(end)}
+        params = {"project": str(project), "d0": day_text(first), "d1": day_text(end)}
         rows = await self._ch.query_rows(sql, params)
         return Rolled(window, tuple(str(d) for d, _ in rows), tuple(int(v) for _, v in rows))
 

@@ -185,57 +185,51 @@ class Params:
         raise BadParameter(name, f"{name} must be true or false")
 
 
-def encode_cursor(timestamp_ms: int, event_id: str) -> str:
-    """Opaque to clients: a position in "newest first" order, nothing else."""
-    raw = f"{CURSOR_VERSION}:{timestamp_ms}:{uuid.UUID(event_id).hex}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 SESSION_CURSOR_VERSION = "S1"
+_BAD_CURSOR = "cursor is not one this server gave out (pass next_cursor as it is)"
 
 
-def encode_session_cursor(start_ms: int, key: str) -> str:
-    """Opaque to clients: a position in the sessions' "newest start first" order."""
-    raw = f"{SESSION_CURSOR_VERSION}:{start_ms}:{key}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _encode_position(version: str, ms: int, rest: str) -> str:
+    return base64.urlsafe_b64encode(f"{version}:{ms}:{rest}".encode()).decode().rstrip("=")
 
 
-def decode_session_cursor(text: str) -> tuple[int, str]:
-    """``(start ms, key)``; :class:`BadParameter` for anything else."""
+def _decode_position(text: str, version: str) -> tuple[int, str]:
+    """A cursor of ``version`` → ``(ms, the rest)``; :class:`BadParameter` otherwise."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        version, ms, key = raw.split(":", 2)
+        found, ms, rest = raw.split(":", 2)
         position = int(ms)
-        if (
-            version != SESSION_CURSOR_VERSION
-            or not MIN_MS <= position < MAX_MS
-            or str(position) != ms
-            or key[:2] not in ("s:", "p:")
-            or len(key) > MAX_FILTER_CHARS + 2
-        ):
+        if found != version or not MIN_MS <= position < MAX_MS or str(position) != ms:
             raise ValueError(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter(
-            "cursor", "cursor is not one this server gave out (pass next_cursor as it is)"
-        ) from None
-    return position, key
+        raise BadParameter("cursor", _BAD_CURSOR) from None
+    return position, rest
+
+
+def encode_cursor(timestamp_ms: int, event_id: str) -> str:
+    """Opaque to clients: a position in "newest first" order, nothing else."""
+    return _encode_position(CURSOR_VERSION, timestamp_ms, uuid.UUID(event_id).hex)
 
 
 def decode_cursor(text: str) -> tuple[int, str]:
     """``(timestamp ms, event id)``; :class:`BadParameter` for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-        version, ms, hex_id = raw.split(":")
-        if version != CURSOR_VERSION or not _HEX32.match(hex_id):
-            raise ValueError(raw)
-        position = int(ms)
-        if not MIN_MS <= position < MAX_MS or str(position) != ms:
-            raise ValueError(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter(
-            "cursor", "cursor is not one this server gave out (pass next_cursor as it is)"
-        ) from None
+    position, hex_id = _decode_position(text, CURSOR_VERSION)
+    if not _HEX32.match(hex_id):
+        raise BadParameter("cursor", _BAD_CURSOR)
     return position, str(uuid.UUID(hex_id))
+
+
+def encode_session_cursor(start_ms: int, key: str) -> str:
+    """Opaque to clients: a position in the sessions' "newest start first" order."""
+    return _encode_position(SESSION_CURSOR_VERSION, start_ms, key)
+
+
+def decode_session_cursor(text: str) -> tuple[int, str]:
+    """``(start ms, key)``; :class:`BadParameter` for anything else."""
+    position, key = _decode_position(text, SESSION_CURSOR_VERSION)
+    if key[:2] not in ("s:", "p:") or len(key) > MAX_FILTER_CHARS + 2:
+        raise BadParameter("cursor", _BAD_CURSOR)
+    return position, key
 
 
 # --- formatting ---------------------------------------------------------------------

@@ -30,7 +30,8 @@ seconds later instead of ``ROLLUP_INTERVAL``.
 
 On failure: a fold that fails (ClickHouse down, a read limit) is logged (bounded
 repetition) and retried at the next pass; readers keep the previous version or the raw
-events, so stats stay right, only slower. ``stats()`` feeds ``/metrics``.
+events, so stats stay right, only slower. ``folded``, ``failures`` and ``pending`` feed
+``/metrics``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ingest.queries import (
     PERSON_HASH,
     TABLE,
     TOP_DIMENSIONS,
+    day_text,
 )
 from storage.clickhouse import ClickHouse
 
@@ -67,10 +69,6 @@ _DAY_WHERE = (
     "project_id = {project:UUID} AND timestamp >= toDateTime64({day:Date}, 3, 'UTC') "
     "AND timestamp < toDateTime64({day:Date} + 1, 3, 'UTC')"
 )
-
-
-def _day_text(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
 def _pairs() -> str:
@@ -91,25 +89,12 @@ class Rollup:
         self.folded = 0  # project-days folded by this process
         self.failures = 0
         self.pending = 0  # project-days waiting for a fold
-        self.last_pass_at: float | None = None  # time.time() of the last complete pass
         self.last_pass_seconds = 0.0  # how long it folded
         self._closed: str | None = None  # days before this are folded (as of the marker)
         self._since: str | None = None  # inserted_at from which rows re-fold their day
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "folded": self.folded,
-            "failures": self.failures,
-            "pending": self.pending,
-            "last_pass_at": self.last_pass_at,
-        }
-
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-
-    def kick(self) -> None:
-        """Run a pass now (tests, `sluice` after a restore)."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -148,7 +133,7 @@ class Rollup:
             await self._marker()
         started = time.time()
         now_ms = int(started * 1000) if now_ms is None else now_ms
-        closed = _day_text(now_ms // DAY_MS * DAY_MS)  # today: not folded yet
+        closed = day_text(now_ms // DAY_MS * DAY_MS)  # today: not folded yet
         started_at = datetime.fromtimestamp(started - 1, UTC).strftime("%Y-%m-%d %H:%M:%S")
         conditions = ["timestamp < toDateTime64({closed:Date}, 3, 'UTC')"]
         params: dict[str, Any] = {"closed": closed}
@@ -179,7 +164,6 @@ class Rollup:
             f"('{NIL}', '{closed}', {version}, 0, '{started_at}')"
         )
         self._closed, self._since = closed, started_at
-        self.last_pass_at = time.time()
         if days:
             log.info("rollup_pass", days=len(days), seconds=round(time.time() - started, 3))
         return len(days)
