@@ -48,6 +48,10 @@ from storage.clickhouse import ClickHouse, ClickHouseError
 TABLE = "events_raw_v1"
 MAX_THREADS = 2  # a read takes at most this many of the engine's threads
 MAX_RESULT_ROWS = 10_000  # no endpoint returns more (events ≤ 1,000; buckets ≤ 1,000)
+# Reads (and rollup folds) yield to inserts: ClickHouse pauses them while an insert of
+# storage.clickhouse.INSERT_PRIORITY runs. Under a saturating ingest load a read can then
+# run into its max_execution_time (a 503 that says so); the events are never held up.
+READ_PRIORITY = 5
 # ClickHouse error codes meaning "a limit of this query stopped it".
 LIMIT_CODES = {
     158: "max_result_rows",  # TOO_MANY_ROWS
@@ -131,7 +135,8 @@ def settings_clause(limits: ReadLimits) -> str:
         f"max_memory_usage = {int(limits.max_memory_usage)}, "
         f"max_threads = {int(limits.max_threads)}, "
         f"max_result_rows = {int(limits.max_result_rows)}, "
-        "result_overflow_mode = 'throw', timeout_overflow_mode = 'throw'"
+        "result_overflow_mode = 'throw', timeout_overflow_mode = 'throw', "
+        f"priority = {READ_PRIORITY}"
     )
 
 

@@ -52,6 +52,7 @@ from ingest.queries import (
     HOURLY,
     IS_BOT,
     PERSON_HASH,
+    READ_PRIORITY,
     TABLE,
     TOP_DIMENSIONS,
     day_text,
@@ -63,8 +64,9 @@ log = structlog.get_logger("sluice.rollup")
 DUTY_FACTOR = 9  # a pass that folded for T seconds is followed by ≥ 9 T seconds of rest
 NIL = uuid.UUID(int=0)  # rollup_days_v1's bookkeeping row: how far the passes got
 # Each fold reads one project-day with these limits (a fold is a big read; it must not
-# hold the embedded engine, which serves inserts too, for long).
-FOLD_SETTINGS = "SETTINGS max_threads = 2, max_execution_time = 120"
+# hold the embedded engine, which serves inserts too, for long), and like every read it
+# yields to the inserts (``priority``, see ingest.queries.READ_PRIORITY).
+FOLD_SETTINGS = f"SETTINGS max_threads = 2, max_execution_time = 120, priority = {READ_PRIORITY}"
 _DAY_WHERE = (
     "project_id = {project:UUID} AND timestamp >= toDateTime64({day:Date}, 3, 'UTC') "
     "AND timestamp < toDateTime64({day:Date} + 1, 3, 'UTC')"

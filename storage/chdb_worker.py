@@ -13,8 +13,17 @@ inserted); only the path crosses the pipe. Dead-letter replays take the same pat
 Protocol, over the child's stdin/stdout: frames of an 8-byte little-endian length and a
 pickle. Requests are ``(id, op, args, kwargs)``; replies ``(id, ok, value)``, where a
 failed call's value is ``(message, transient, code)`` from
-:func:`storage.clickhouse.classify`. Requests are served one at a time, in order. The
-first reply (id 0) says whether the directory could be opened.
+:func:`storage.clickhouse.classify`. The first reply (id 0) says whether the directory
+could be opened.
+
+Requests run concurrently, in two lanes of threads, each thread with its own client
+(chdb serialises the calls of one client, never those of two): inserts
+(``insert_file``) on :data:`INSERT_THREADS` threads, queries and commands on
+:data:`QUERY_THREADS`. So a read of the stats API or a rollup fold that takes a second
+no longer holds up the flushes queued behind it, and batches handed over together are
+inserted together (measured in bench/run.py's sustained phase: see the README's
+Performance section). Replies come back as calls finish, matched by id; a caller that
+needs an order awaits one call before making the next.
 
 The child ignores SIGINT/SIGTERM (the parent's shutdown still needs it to flush) and
 exits when its stdin closes. When the parent is killed (SIGKILL, OOM) the kernel kills
@@ -32,6 +41,8 @@ import pickle
 import signal
 import struct
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct("<Q")
@@ -45,6 +56,11 @@ _HEADER = struct.Struct("<Q")
 # ~2,500 -> ~1,900 req/s; landed 160k events/s), and the buffer's 503s shed the load.
 # Where SCHED_IDLE is unavailable the engine runs at nice ENGINE_NICE.
 ENGINE_NICE = 10
+# Threads per lane (see the module docstring). Inserts: as many as the flusher hands over
+# at once (ingest.flush.MAX_IN_FLIGHT); queries and commands: reads beyond these wait
+# here, in order, not in the insert lane.
+INSERT_THREADS = 4
+QUERY_THREADS = 4
 
 
 def _yield_cpu() -> None:
@@ -141,16 +157,39 @@ def main() -> int:
         write_frame(out, (0, False, (" ".join(str(exc).split())[:500], False, None)))
         return 1
     write_frame(out, (0, True, "ready"))
+    clients = [client]
+    local = threading.local()
+    write_lock = threading.Lock()
+
+    def own_client() -> Any:
+        mine = getattr(local, "client", None)
+        if mine is None:
+            mine = local.client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            clients.append(mine)
+        return mine
+
+    def serve(req_id: int, op: str, args: tuple, kwargs: dict) -> None:
+        try:
+            reply = (req_id, True, _dispatch(own_client(), op, args, kwargs))
+        except Exception as exc:
+            err = classify(exc)
+            reply = (req_id, False, (str(err), err.transient, err.code))
+        with write_lock:
+            write_frame(out, reply)
+
+    inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="insert")
+    queries = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="query")
     try:
         while (frame := read_frame(inp)) is not None:
             req_id, op, args, kwargs = pickle.loads(frame)
-            try:
-                write_frame(out, (req_id, True, _dispatch(client, op, args, kwargs)))
-            except Exception as exc:
-                err = classify(exc)
-                write_frame(out, (req_id, False, (str(err), err.transient, err.code)))
+            lane = inserts if op == "insert_file" else queries
+            lane.submit(serve, req_id, op, args, kwargs)
     finally:
-        client.close()
+        inserts.shutdown(wait=True)
+        queries.shutdown(wait=True)
+        for each in clients:
+            with contextlib.suppress(Exception):
+                each.close()
     return 0
 
 
