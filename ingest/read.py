@@ -340,6 +340,13 @@ def _read_endpoint(allowed: set[str], handler: Handler) -> Callable[..., Any]:
             limit = limit_hit(exc)
             if limit is not None:
                 side.limited += 1
+                if limit == "max_execution_time":  # reads yield to inserts (READ_PRIORITY)
+                    return _json(503, {
+                        "error": "the query was stopped at its max_execution_time limit: "
+                        "narrow since/until or add a filter; reads wait while events are "
+                        "being stored, so on an instance busy ingesting, retry later",
+                        "limit": limit,
+                    }, {"Retry-After": "5"})  # fmt: skip
                 return _error(
                     503,
                     f"the query was stopped at its {limit} limit: "
