@@ -97,8 +97,11 @@ def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> w
     )
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    headers = _UNAUTHORIZED_HEADERS if status == 401 else None
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    if status == 401:
+        headers = _UNAUTHORIZED_HEADERS
     return _json(status, {"error": message, **extra}, headers)
 
 
@@ -340,19 +343,18 @@ def _read_endpoint(allowed: set[str], handler: Handler) -> Callable[..., Any]:
             limit = limit_hit(exc)
             if limit is not None:
                 side.limited += 1
-                if limit == "max_execution_time":  # reads yield to inserts (READ_PRIORITY)
-                    return _json(503, {
-                        "error": "the query was stopped at its max_execution_time limit: "
-                        "narrow since/until or add a filter; reads wait while events are "
-                        "being stored, so on an instance busy ingesting, retry later",
-                        "limit": limit,
-                    }, {"Retry-After": "5"})  # fmt: skip
-                return _error(
-                    503,
+                message = (
                     f"the query was stopped at its {limit} limit: "
-                    "narrow since/until or add a filter",
-                    limit=limit,
+                    "narrow since/until or add a filter"
                 )
+                headers = None
+                if limit == "max_execution_time":  # reads yield to inserts (READ_PRIORITY)
+                    message += (
+                        "; reads wait while events are being stored, so on an instance "
+                        "busy ingesting, retry later"
+                    )
+                    headers = {"Retry-After": "5"}
+                return _error(503, message, headers, limit=limit)
             side.failed += 1
             log.warning("read_query_failed", error=str(exc)[:300], transient=exc.transient)
             if exc.transient:

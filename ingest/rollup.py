@@ -86,7 +86,6 @@ class Rollup:
         self._ch = clickhouse
         self.interval = interval
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._repeats = Repeats(60.0)
         self.folded = 0  # project-days folded by this process
         self.failures = 0
@@ -97,7 +96,6 @@ class Rollup:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
 
     async def run(self) -> None:
         while not self._stop.is_set():
@@ -109,13 +107,12 @@ class Rollup:
                 self.failures += 1
                 if self._repeats.allow("rollup_pass_failed"):
                     log.warning("rollup_pass_failed", error=str(exc)[:300])
-            self._wake.clear()
             # Folding is a big read: keep it under ~10% of the engine's time, whatever the
             # interval (a day written to all the time — a steady stream of late events —
             # would otherwise be folded again at every pass).
             pause = max(self.interval, DUTY_FACTOR * self.last_pass_seconds)
             try:
-                await asyncio.wait_for(self._wake.wait(), pause)
+                await asyncio.wait_for(self._stop.wait(), pause)
             except TimeoutError:
                 pass
 
