@@ -72,15 +72,17 @@ async def test_rows_stored_before_0006_read_back_the_same_and_it_runs_again(
     assert {name: columns[name][3] for name in CHOSEN} == CHOSEN
 
 
+async def _ddl(ch: ClickHouse) -> str:
+    query = "SELECT create_table_query FROM system.tables WHERE name = 'events_raw_v1'"
+    return (await ch.query_rows(query))[0][0]
+
+
 async def test_0007_widens_merges_and_runs_again(ch: ClickHouse) -> None:
     query = "SELECT value FROM system.merge_tree_settings WHERE name = 'merge_selector_base'"
     assert (await ch.query_rows(query))[0][0] == "5"  # the engine's default, for other tables
-    (ddl,) = (await ch.query_rows(
-        "SELECT create_table_query FROM system.tables WHERE name = 'events_raw_v1'"))[0]  # fmt: skip
+    ddl = await _ddl(ch)
     assert "merge_selector_base = 10" in ddl
     assert "non_replicated_deduplication_window = 100000" in ddl  # 0001's setting kept
     (migration,) = [m for m in discover("clickhouse") if m.version == 7]
     await migration.run_python(ch)  # a second run changes nothing
-    (again,) = (await ch.query_rows(
-        "SELECT create_table_query FROM system.tables WHERE name = 'events_raw_v1'"))[0]  # fmt: skip
-    assert again == ddl
+    assert await _ddl(ch) == ddl
