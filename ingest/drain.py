@@ -42,7 +42,16 @@ from ingest.deadletter import DeadLetter
 from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
 from ingest.logs import Repeats
 from ingest.metrics import Metrics
-from ingest.rows import EVENT_ID, decode_payload, project_counts
+from ingest.rows import (
+    EVENT_ID,
+    LINE_COLUMNS,
+    TABLE,
+    payload_rows,
+    project_counts,
+    stored_counts,
+    stored_lines,
+    stored_rows,
+)
 from ingest.state import State
 from storage.clickhouse import ClickHouse, ClickHouseError
 
@@ -66,6 +75,9 @@ class _Outcome:
     counts: dict[str, int]  # landed events per project id (for the usage hook)
     landed: int
     bad: list[tuple[tuple, str]]  # (row, reason) ClickHouse refuses on its own
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 class _Undecodable(Exception):
@@ -197,11 +209,25 @@ class Drain:
         is it bisected."""
         token = str(record["id"])
         try:
-            rows = decode_payload(record["batch"])
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            stored = payload_rows(record["batch"])
+            data = stored_lines(stored)  # the lines straight from the payload (fast path)
+        except _DECODE_ERRORS as exc:
             raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
         try:
-            landed, bad = await self._insert_or_bisect(rows, token, token)
+            await self.clickhouse.insert_lines(TABLE, [data], LINE_COLUMNS, token)
+            return _Outcome(stored_counts(stored), len(stored), [])
+        except ClickHouseError as err:
+            if err.transient:
+                raise _Transient(err, []) from err
+            refused = str(err)
+        try:  # refused: find the offenders, through pipeline rows
+            rows = stored_rows(stored)
+        except _DECODE_ERRORS as exc:
+            raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
+        if len(rows) == 1:
+            return _Outcome({}, 0, [(rows[0], refused)])
+        try:
+            landed, bad = await self._split(rows, token)
         except _Transient as exc:
             exc.rows = rows  # what is left of the row is rows minus exc.landed
             raise

@@ -13,12 +13,26 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from support import clickhouse_rows, free_port
 
 from ingest.flush import insert_rows
 from ingest.ids import uuid_str
-from ingest.rows import LINE_COLUMNS, TABLE, lines_to_rows, rows_to_lines
+from ingest.rows import (
+    COLUMNS,
+    FORMAT,
+    LINE_COLUMNS,
+    TABLE,
+    decode_payload,
+    encode_payload,
+    lines_to_rows,
+    payload_rows,
+    project_counts,
+    rows_to_lines,
+    stored_counts,
+    stored_lines,
+)
 from ingest.validate import (
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
@@ -128,6 +142,14 @@ def test_row_lines_store_exactly_what_the_dead_letter_payload_holds(tmp_path: Pa
     )
     expected = [(uuid_str(r[0]), uuid_str(r[1]), *r[2:]) for r in lines_to_rows(data)]
     assert rows_to_lines(lines_to_rows(data)) == data  # the replay path writes the same lines
+    # The drain's path: the payload's rows straight to lines, the same bytes again; and
+    # for a payload of before 0002/0003 (fewer columns), what the pipeline rows give.
+    stored_payload = payload_rows(encode_payload(lines_to_rows(data)))
+    assert stored_lines(stored_payload) == data
+    assert stored_counts(stored_payload) == project_counts(lines_to_rows(data))
+    old_rows = [r[:10] for r in stored_payload]
+    old = orjson.dumps({"format": FORMAT, "columns": COLUMNS[:10], "rows": old_rows})
+    assert stored_lines(payload_rows(old)) == rows_to_lines(decode_payload(old))
     assert sorted(stored) == sorted(expected)
     assert len(stored) == len(events) + 1
     by_name = {r[2]: r for r in expected}
