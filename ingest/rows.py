@@ -12,8 +12,9 @@ drain agree on them (``storage/`` sees only column names and bytes):
   epoch seconds with a millisecond fraction, ``properties``/``extras`` as JSON objects
   that ClickHouse stores as the text of their String columns
   (``input_format_json_read_objects_as_strings``). :mod:`ingest.validate` writes them
-  (inline, it is the hot path); :func:`rows_to_lines` writes them from pipeline rows, so
-  a replay goes into ClickHouse by the very path a flush takes.
+  (inline, it is the hot path); :func:`rows_to_lines` writes them from pipeline rows and
+  :func:`stored_lines` straight from a payload's rows (the drain), the same bytes, so a
+  replay goes into ClickHouse by the very path a flush takes.
 * **Dead-letter payload** (``failed_events.batch``, format :data:`FORMAT`)::
 
       {"format": "sluice.events.v1",
