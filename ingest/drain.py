@@ -210,24 +210,29 @@ class Drain:
         token = str(record["id"])
         try:
             stored = payload_rows(record["batch"])
-            data = stored_lines(stored)  # the lines straight from the payload (fast path)
+            data = stored_lines(stored)  # the lines straight from the payload, or None
         except _DECODE_ERRORS as exc:
             raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
-        try:
-            await self.clickhouse.insert_lines(TABLE, [data], LINE_COLUMNS, token)
-            return _Outcome(stored_counts(stored), len(stored), [])
-        except ClickHouseError as err:
-            if err.transient:
-                raise _Transient(err, []) from err
-            refused = str(err)
-        try:  # refused: find the offenders, through pipeline rows
+        refused = ""
+        if data is not None:
+            try:
+                await self.clickhouse.insert_lines(TABLE, [data], LINE_COLUMNS, token)
+                return _Outcome(stored_counts(stored), len(stored), [])
+            except ClickHouseError as err:
+                if err.transient:
+                    raise _Transient(err, []) from err
+                refused = str(err)
+        try:  # ids in another form, or refused: through pipeline rows
             rows = stored_rows(stored)
         except _DECODE_ERRORS as exc:
             raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
-        if len(rows) == 1:
-            return _Outcome({}, 0, [(rows[0], refused)])
         try:
-            landed, bad = await self._split(rows, token)
+            if data is None:
+                landed, bad = await self._insert_or_bisect(rows, token, token)
+            elif len(rows) == 1:
+                landed, bad = [], [(rows[0], refused)]
+            else:
+                landed, bad = await self._split(rows, token)
         except _Transient as exc:
             exc.rows = rows  # what is left of the row is rows minus exc.landed
             raise

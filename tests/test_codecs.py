@@ -73,7 +73,10 @@ async def test_rows_stored_before_0006_read_back_the_same_and_it_runs_again(
 
 
 async def _ddl(ch: ClickHouse) -> str:
-    query = "SELECT create_table_query FROM system.tables WHERE name = 'events_raw_v1'"
+    query = (
+        "SELECT create_table_query FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'events_raw_v1'"
+    )
     return (await ch.query_rows(query))[0][0]
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
+import orjson
 from support import free_port
 
 from ingest.buffer import Buffer, Refused
@@ -20,7 +21,7 @@ from ingest.drain import BACKOFF_CAP, Drain, backoff
 from ingest.flush import Flusher
 from ingest.ids import uuid_str
 from ingest.metrics import Metrics
-from ingest.rows import decode_payload
+from ingest.rows import decode_payload, encode_payload
 from ingest.state import State
 from ingest.validate import validate_batch, validate_rows
 from storage.clickhouse import ClickHouse, HttpClickHouse
@@ -142,6 +143,30 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 6.4 <= backoff(4) <= 9.6
     assert all(backoff(n) <= BACKOFF_CAP * 1.2 for n in range(1, 200))
     assert backoff(60) >= BACKOFF_CAP * 0.8
+
+
+async def test_a_payload_with_ids_in_another_form_lands_by_the_rows_path(pool, ch) -> None:
+    """Ids Sluice did not write that way (upper case, no dashes): not the fast path's
+    lines, the pipeline rows' path, which stores them canonical; the usage is counted."""
+    rows = make_rows(3)
+    doc = orjson.loads(encode_payload(rows))
+    for row in doc["rows"]:
+        row[0], row[1] = row[0].upper(), row[1].replace("-", "")
+    await pool.execute(
+        "INSERT INTO failed_events (id, batch, event_count, last_error) "
+        "VALUES ($1, $2, 3, 'edited by hand')",
+        uuid.uuid4(),
+        orjson.dumps(doc),
+    )
+    used: list[tuple[str, int]] = []
+    drain, _, _ = drain_for(pool, ch, usage=lambda p, n: used.append((p, n)))
+    assert await drain.pass_once() == (1, False)
+    stored = await ch.query_rows(
+        "SELECT toString(event_id), toString(project_id) FROM events_raw_v1"
+    )
+    assert sorted(stored) == sorted((uuid_str(r[0]), uuid_str(r[1])) for r in rows)
+    assert used == [(uuid_str(rows[0][1]), 3)]
+    assert await pool.fetchval("SELECT count(*) FROM failed_events") == 0
 
 
 async def test_a_poison_event_is_bisected_out_and_quarantined_alone(pool, ch) -> None:
