@@ -39,15 +39,14 @@ import structlog
 
 from ingest.buffer import Buffer
 from ingest.deadletter import DeadLetter
-from ingest.flush import UsageHook, insert_rows, no_usage, report_usage
+from ingest.flush import UsageHook, insert_lines, no_usage, report_usage
 from ingest.logs import Repeats
 from ingest.metrics import Metrics
 from ingest.rows import (
     EVENT_ID,
-    LINE_COLUMNS,
-    TABLE,
     payload_rows,
     project_counts,
+    rows_to_lines,
     stored_counts,
     stored_lines,
     stored_rows,
@@ -208,31 +207,23 @@ class Drain:
         that had landed after all is deduplicated); only if ClickHouse refuses the data
         is it bisected."""
         token = str(record["id"])
+        rows: list[tuple] | None = None
         try:
             stored = payload_rows(record["batch"])
-            data = stored_lines(stored)  # the lines straight from the payload, or None
+            data = stored_lines(stored)  # straight from the payload: ids as Sluice writes them
+            if data is None:  # ids in another form: pipeline rows write them canonical
+                rows = stored_rows(stored)
+                data = rows_to_lines(rows)
         except _DECODE_ERRORS as exc:
             raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
-        refused = ""
-        if data is not None:
-            try:
-                await self.clickhouse.insert_lines(TABLE, [data], LINE_COLUMNS, token)
-                return _Outcome(stored_counts(stored), len(stored), [])
-            except ClickHouseError as err:
-                if err.transient:
-                    raise _Transient(err, []) from err
-                refused = str(err)
-        try:  # ids in another form, or refused: through pipeline rows
-            rows = stored_rows(stored)
-        except _DECODE_ERRORS as exc:
-            raise _Undecodable(f"dead-letter payload cannot be decoded: {exc}"[:500]) from exc
+        refused = await self._insert(data, token)
+        if refused is None:
+            counts = stored_counts(stored) if rows is None else project_counts(rows)
+            return _Outcome(counts, len(stored), [])
+        if rows is None:
+            rows = stored_rows(stored)  # its ids are canonical: this cannot fail
         try:
-            if data is None:
-                landed, bad = await self._insert_or_bisect(rows, token, token)
-            elif len(rows) == 1:
-                landed, bad = [], [(rows[0], refused)]
-            else:
-                landed, bad = await self._split(rows, token)
+            landed, bad = await self._bisect(rows, token, refused)
         except _Transient as exc:
             exc.rows = rows  # what is left of the row is rows minus exc.landed
             raise
@@ -310,19 +301,34 @@ class Drain:
         new slice never reuses the token of a landed one."""
         return f"{row_token}/{part[0][EVENT_ID]:032x}/{len(part)}"
 
+    async def _insert(self, data: bytes, token: str) -> str | None:
+        """One INSERT of row lines. Returns ``None`` once stored, or ClickHouse's reason
+        when it refuses the data. Raises _Transient."""
+        try:
+            await insert_lines(self.clickhouse, data, token)
+            return None
+        except ClickHouseError as err:
+            if err.transient:
+                raise _Transient(err, []) from err
+            return str(err)
+
     async def _insert_or_bisect(
         self, rows: list[tuple], token: str, row_token: str
     ) -> tuple[list[tuple], list[tuple[tuple, str]]]:
         """Insert ``rows``; on a permanent error split them until the offenders are
         alone. Returns (landed rows, [(bad row, reason)]). Raises _Transient."""
-        try:
-            await insert_rows(self.clickhouse, rows, token)
+        refused = await self._insert(rows_to_lines(rows), token)
+        if refused is None:
             return rows, []
-        except ClickHouseError as err:
-            if err.transient:
-                raise _Transient(err, []) from err
-            if len(rows) == 1:
-                return [], [(rows[0], str(err))]
+        return await self._bisect(rows, row_token, refused)
+
+    async def _bisect(
+        self, rows: list[tuple], row_token: str, refused: str
+    ) -> tuple[list[tuple], list[tuple[tuple, str]]]:
+        """``rows``, refused as a whole for ``refused``: alone, the row is the offender;
+        otherwise the halves are tried."""
+        if len(rows) == 1:
+            return [], [(rows[0], refused)]
         return await self._split(rows, row_token)
 
     async def _split(

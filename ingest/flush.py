@@ -76,11 +76,16 @@ async def insert_batch(ch: ClickHouse, batch: Batch) -> None:
     await ch.insert_lines(TABLE, batch.parts, LINE_COLUMNS, batch.id)
 
 
+async def insert_lines(ch: ClickHouse, data: bytes, token: str) -> None:
+    """One INSERT of row lines (the drain's replays) with ``token``: a replay reaches
+    ClickHouse by the flush's own path, and a batch replayed whole forms the same block
+    as its first flush."""
+    await ch.insert_lines(TABLE, [data], LINE_COLUMNS, token)
+
+
 async def insert_rows(ch: ClickHouse, rows: list[tuple], token: str) -> None:
-    """One INSERT of pipeline rows (the drain's replays) with ``token``: written as row
-    lines, so a replay reaches ClickHouse by the flush's own path and a batch replayed
-    whole forms the same block as its first flush."""
-    await ch.insert_lines(TABLE, [rows_to_lines(rows)], LINE_COLUMNS, token)
+    """:func:`insert_lines` of pipeline rows."""
+    await insert_lines(ch, rows_to_lines(rows), token)
 
 
 def batch_usage(batch: Batch) -> dict[str, int]:

@@ -170,11 +170,17 @@ def rows_to_lines(rows: Iterable[tuple]) -> bytes:
     """Pipeline rows → row lines (concatenated), the inverse of :func:`lines_to_rows`."""
     buf = bytearray()
     for r in rows:
-        _encode_into((format(r[1], "032x"), r[7] / 1000, *r[11:16], format(r[0], "032x"),
-                      r[2], r[3], r[4], r[5], r[6] / 1000, r[10] / 1000, _json_value(r[9]),
-                      _json_value(r[8])), buf, -1)  # fmt: skip
-        buf.append(10)
+        _line_into(buf, format(r[1], "032x"), format(r[0], "032x"), r)
     return bytes(buf)
+
+
+def _line_into(buf: bytearray, project_hex: str, event_hex: str, r: tuple | list) -> None:
+    """Append the row line of ``r`` (a pipeline row or a row as stored: the same values
+    but the two ids, given here as 32 hex digits) to ``buf``."""
+    values = (project_hex, r[7] / 1000, *r[11:16], event_hex, r[2], r[3], r[4], r[5],
+              r[6] / 1000, r[10] / 1000, _json_value(r[9]), _json_value(r[8]))  # fmt: skip
+    _encode_into(values, buf, -1)
+    buf.append(10)
 
 
 def project_counts(rows: Iterable[tuple]) -> dict[str, int]:
@@ -246,10 +252,7 @@ def stored_lines(stored: list[list]) -> bytes | None:
         if not (type(event_id) is str and type(project_id) is str
                 and canonical(event_id) and canonical(project_id)):  # fmt: skip
             return None
-        _encode_into((project_id.replace("-", ""), r[7] / 1000, *r[11:16],
-                      event_id.replace("-", ""), r[2], r[3], r[4], r[5], r[6] / 1000,
-                      r[10] / 1000, _json_value(r[9]), _json_value(r[8])), buf, -1)  # fmt: skip
-        buf.append(10)
+        _line_into(buf, project_id.replace("-", ""), event_id.replace("-", ""), r)
     return bytes(buf)
 
 
