@@ -180,6 +180,7 @@ def _bots(include_bots: bool) -> str:
 
 
 DAILY, HOURLY, FOLDED = "rollup_daily_v1", "rollup_hourly_v1", "rollup_days_v1"
+VALUES = "rollup_values_v1"  # DAILY summed over persons (0008): no person, read FINAL
 DAY_MS = 86_400_000
 
 
@@ -239,19 +240,23 @@ def _mixed(
     ``dim``) for the rolled days and from the raw events (FINAL) for the gaps between
     them, each range named in the SQL so the ``timestamp`` index skips the rest. Read
     :data:`PERSON` from it; the query must start ``WITH {_LINKS}`` and bind
-    :meth:`Rolled.params` and the window. ``dim`` and the expressions are constants of
-    this module, never input; ``value_in`` (a subquery) keeps only the values it returns."""
+    :meth:`Rolled.params` and the window. From :data:`VALUES` (no persons) ``ph`` is 0
+    and :data:`PERSON` must not be read. ``dim`` and the expressions are constants of
+    this module, never input; ``value_in`` (a bound array parameter, ``{name:Array(String)}``)
+    keeps only the values it holds."""
     day = "toDate(hour)" if table == HOURLY else "day"
     parts = []
     rollup_only = raw_only = ""
     if value_in is not None:
-        rollup_only = f" AND {rollup_value} IN ({value_in})"
-        raw_only = f" AND {raw_value} IN ({value_in})"
+        rollup_only = f" AND {rollup_value} IN {value_in}"
+        raw_only = f" AND {raw_value} IN {value_in}"
     if rolled.days:
         bots = "" if include_bots else " AND is_bot = 0"
+        person, final = ("toUInt64(0)", " FINAL") if table == VALUES else ("person", "")
         parts.append(
-            f"SELECT {rollup_bucket} AS t, {rollup_value} AS value, person AS ph, "
-            f"events AS n FROM {table} WHERE project_id = {{project:UUID}} AND dim = '{dim}' "
+            f"SELECT {rollup_bucket} AS t, {rollup_value} AS value, {person} AS ph, "
+            f"events AS n FROM {table}{final} WHERE project_id = {{project:UUID}} "
+            f"AND dim = '{dim}' "
             f"AND {day} >= {{rd0:Date}} AND {day} <= {{rd1:Date}} "
             # the day's version by hash lookup (has()+indexOf() per row cost 2-3x)
             f"AND version = transform({day}, {{rdays:Array(Date)}}, {{rver:Array(UInt64)}}, "
@@ -422,8 +427,15 @@ class Reader:
         include_bots: bool = False,
     ) -> list[tuple[str, int, int]]:
         """``(value, events, users)``, most events first (ties by value); values that are
-        not set (empty) are left out. Folded days come from the daily rollup (not with an
-        ``event`` filter: the rollup does not cross dimensions)."""
+        not set (empty) are left out. Folded days come from the rollups (not with an
+        ``event`` filter: the rollups do not cross dimensions).
+
+        Two queries: the top values by events — from :data:`VALUES`, a few hundred rows a
+        day, no persons — then the users of those values only, from the per-person
+        :data:`DAILY` rows: counting distinct persons is the cost, and most values are not
+        in the answer. Both read the same folded versions; an event that lands between
+        the two can be in one answer's users and not in its events (as between any two
+        requests)."""
         params = {**_base(project, window), "limit": limit}
         where = _WHERE
         rolled = Rolled(window)
@@ -433,22 +445,26 @@ class Reader:
         else:
             rolled = await self.rolled(project, window)
         params.update(rolled.params())
-        args = (rolled, DAILY, by, "value", "0", TOP_DIMENSIONS[by], "0", where, include_bots)
-        # Two passes: the top values by events (no persons read), then the users of those
-        # values only — counting distinct persons is the cost, and most values are not
-        # in the answer.
-        ranked = (
-            f"SELECT x.value FROM {_mixed(*args)} GROUP BY x.value HAVING x.value != '' "
-            "ORDER BY sum(x.n) DESC, x.value ASC LIMIT {limit:UInt32}"
+        raw = (TOP_DIMENSIONS[by], "0", where, include_bots)
+        ranked = await self._ch.query_rows(
+            f"SELECT x.value AS value, toUInt64(sum(x.n)) AS events "
+            f"FROM {_mixed(rolled, VALUES, by, 'value', '0', *raw)} "
+            "GROUP BY value HAVING value != '' ORDER BY events DESC, value ASC "
+            "LIMIT {limit:UInt32} " + self._settings,
+            params,
         )
-        sql = (
-            f"WITH {_LINKS} SELECT x.value AS value, toUInt64(sum(x.n)) AS events, "
+        if not ranked:
+            return []
+        params["top"] = [str(value) for value, _ in ranked]
+        users = await self._ch.query_rows(
+            f"WITH {_LINKS} SELECT x.value AS value, "
             f"toUInt64(uniqExactIf({PERSON}, {PERSON} != 0)) AS users "
-            f"FROM {_mixed(*args, value_in=ranked)} "
-            "GROUP BY value ORDER BY events DESC, value ASC " + self._settings
+            f"FROM {_mixed(rolled, DAILY, by, 'value', '0', *raw, value_in='{top:Array(String)}')} "
+            "GROUP BY value " + self._settings,
+            params,
         )
-        rows = await self._ch.query_rows(sql, params)
-        return [(str(v), int(n), int(u)) for v, n, u in rows]
+        persons = {str(value): int(n) for value, n in users}
+        return [(str(v), int(n), persons.get(str(v), 0)) for v, n in ranked]
 
     async def active_users(
         self, project: uuid.UUID, at_ms: int, include_bots: bool = False

@@ -2,8 +2,9 @@
 
 Enters: nothing from a request — a background task (started by :mod:`ingest.app`) that
 every ``ROLLUP_INTERVAL`` looks at ``events_raw_v1``. Leaves: rows of
-``rollup_daily_v1`` (every dimension of ``/stats/top``, per day), ``rollup_hourly_v1``
-(all events and per event name, per hour) and one row per folded day in
+``rollup_daily_v1`` (every dimension of ``/stats/top``, per day and person), the same
+summed over persons in ``rollup_values_v1`` (migration 0008: what ``top`` ranks by),
+``rollup_hourly_v1`` (all events and per event name, per hour) and one row per folded day in
 ``rollup_days_v1`` (migration 0005), which :mod:`ingest.queries` reads for the folded days
 of a window and the raw events for the rest.
 
@@ -55,6 +56,7 @@ from ingest.queries import (
     READ_PRIORITY,
     TABLE,
     TOP_DIMENSIONS,
+    VALUES,
     day_text,
 )
 from storage.clickhouse import ClickHouse
@@ -179,6 +181,14 @@ class Rollup:
             f"{PERSON_HASH} AS ph, {bot} AS bot, {_pairs()} AS pairs FROM {TABLE} FINAL "
             f"WHERE {_DAY_WHERE}) ARRAY JOIN pairs AS pair "
             "WHERE pair.1 = '' OR pair.2 != '' GROUP BY pair.1, pair.2, ph, bot " + FOLD_SETTINGS,
+            parameters=params,
+        )
+        await self._ch.command(
+            f"INSERT INTO {VALUES} (project_id, day, dim, value, is_bot, version, events) "
+            "SELECT project_id, day, dim, value, is_bot, version, sum(events) "
+            f"FROM {DAILY} WHERE project_id = {{project:UUID}} AND day = {{day:Date}} "
+            "AND version = {version:UInt64} GROUP BY project_id, day, dim, value, is_bot, "
+            "version " + FOLD_SETTINGS,
             parameters=params,
         )
         await self._ch.command(

@@ -9,6 +9,7 @@ at boot; its answers must be the same."""
 from __future__ import annotations
 
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 from conftest import make_project
 from support import Server, clickhouse_rows, poll, request
 from test_read import ev, iso, new_key
+
+from storage.clickhouse import ClickHouse
+from storage.migrations import discover
 
 
 def metric(server: Server, name: str) -> float:
@@ -129,3 +133,49 @@ def test_stats_from_folded_days_equal_the_raw_events_and_a_late_event_refolds(
         f"SELECT uniqExact(event_id) FROM events_raw_v1 WHERE project_id = '{a_id}'",
     )
     assert raw_rows == [(7,)]  # bob's retry (two rows until a merge) is one event
+    # What `top` ranks by: the fold's per-value sums (0008), at the version the day names.
+    named = (
+        f"(SELECT argMax(version, version) FROM rollup_days_v1 WHERE project_id = '{a_id}' "
+        f"AND day = '{iso(d3)[:10]}')"
+    )
+    ranked = clickhouse_rows(
+        data_dir / "clickhouse",
+        f"SELECT value, events FROM rollup_values_v1 FINAL WHERE project_id = '{a_id}' "
+        f"AND day = '{iso(d3)[:10]}' AND dim = 'path' AND version = {named} ORDER BY value",
+    )
+    assert ranked == [("/a", 3), ("/b", 1)]  # r1, bob (and his retry), late; r1
+
+
+async def test_0008_sums_every_stored_fold_per_value_and_runs_again(ch: ClickHouse) -> None:
+    """A store folded before 0008: the migration writes each fold's per-value sums, at the
+    fold's own version; run again (after a failure half-way), it changes no answer."""
+    project = uuid.uuid4()
+    rows = [  # (day, dim, value, person, is_bot, version, events)
+        ("2026-01-02", "path", "/a", 1, 0, 10, 2),
+        ("2026-01-02", "path", "/a", 2, 0, 10, 1),
+        ("2026-01-02", "path", "/b", 1, 0, 10, 1),
+        ("2026-01-02", "path", "/a", 1, 1, 10, 5),  # a bot: its own row
+        ("2026-01-02", "path", "/a", 3, 0, 20, 4),  # the day folded again (a late person)
+        ("2026-01-03", "", "", 3, 0, 11, 7),
+    ]
+    values = ", ".join(
+        f"('{project}', '{d}', '{dim}', '{v}', {p}, {b}, {ver}, {n})"
+        for d, dim, v, p, b, ver, n in rows
+    )
+    await ch.command(f"INSERT INTO rollup_daily_v1 VALUES {values}")
+    await ch.command("TRUNCATE TABLE rollup_values_v1")  # as before 0008
+    (migration,) = [m for m in discover("clickhouse") if m.version == 8]
+    query = (
+        "SELECT toString(day), dim, value, is_bot, version, events FROM rollup_values_v1 "
+        f"FINAL WHERE project_id = '{project}' ORDER BY day, dim, value, is_bot, version"
+    )
+    expected = [
+        ("2026-01-02", "path", "/a", 0, 10, 3),
+        ("2026-01-02", "path", "/a", 0, 20, 4),
+        ("2026-01-02", "path", "/a", 1, 10, 5),
+        ("2026-01-02", "path", "/b", 0, 10, 1),
+        ("2026-01-03", "", "", 0, 11, 7),
+    ]
+    for _ in range(2):
+        await migration.run_python(ch)
+        assert await ch.query_rows(query) == expected
