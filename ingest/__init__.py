@@ -53,10 +53,11 @@ Reading (a secret read key, ``auth/keys.py``; never a publishable token)::
         │      parameters, FINAL for client retries, persons resolved
         │      through person_links_v1 (identity stitching), ClickHouse
         │      read limits (time, memory, threads, result rows)
-        │  finished days from the rollups, the rest from events_raw_v1
+        │  folded days and hours from the rollups, the rest from events_raw_v1
         ▲
-    rollup ─── background pass: finished (and late-touched) days      ingest/rollup.py
-               folded from events_raw_v1 FINAL into per-person counts
+    rollup ─── background pass: finished (and late-touched) days and  ingest/rollup.py
+               today's finished hours folded from events_raw_v1 FINAL
+               into per-person and per-value counts
 
     GET / → /dashboard/: a single page over the read API, /healthz and   ingest/dashboard.py
         /metrics (files in ingest/dashboard_static/, shipped in the wheel)

@@ -186,21 +186,41 @@ DAY_MS = 86_400_000
 
 @dataclass(frozen=True)
 class Rolled:
-    """The days of ``window`` served from the rollups (folded, and wholly inside it); the
-    raw events serve the rest (:meth:`gaps`)."""
+    """The days of ``window`` served from the rollups — folded, the part of each day its
+    fold covers (``[day, end)``: the whole day, or its first hours for today) wholly
+    inside the window; the raw events serve the rest (:meth:`gaps`)."""
 
     window: Window
     days: tuple[str, ...] = ()  # 'YYYY-MM-DD', ascending
     versions: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()  # where each day's fold ends (ms, exclusive)
+
+    def spans(self) -> list[tuple[int, int]]:
+        """What each rolled day covers, as ``[start, end)`` ms ranges."""
+        return [(day_ms(d), end) for d, end in zip(self.days, self.ends, strict=True)]
+
+    @classmethod
+    def of(cls, window: Window, days: list[tuple[str, int, int]]) -> Rolled:
+        """From ``(day, version, end)`` triples, ascending by day."""
+        return cls(
+            window,
+            tuple(d for d, _, _ in days),
+            tuple(v for _, v, _ in days),
+            tuple(e for _, _, e in days),
+        )
+
+    def only(self, keep: list[bool]) -> Rolled:
+        """The same, with only the days ``keep`` marks."""
+        days = zip(self.days, self.versions, self.ends, strict=True)
+        return Rolled.of(self.window, [day for day, k in zip(days, keep, strict=True) if k])
 
     def gaps(self) -> list[tuple[int, int]]:
         """The parts of the window not rolled up, as ``[since, until)`` ms ranges."""
         out, start = [], self.window.since_ms
-        for day in self.days:
-            first = _day_ms(day)
+        for first, end in self.spans():
             if first > start:
                 out.append((start, first))
-            start = first + DAY_MS
+            start = end
         if start < self.window.until_ms:
             out.append((start, self.window.until_ms))
         return out
@@ -214,7 +234,8 @@ class Rolled:
         return out
 
 
-def _day_ms(day: str) -> int:
+def day_ms(day: str) -> int:
+    """A UTC day, ``YYYY-MM-DD`` → its first millisecond since the epoch."""
     return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
@@ -353,19 +374,27 @@ class Reader:
         return await self._ch.query_rows(sql, params)
 
     async def rolled(self, project: uuid.UUID, window: Window) -> Rolled:
-        """The folded days wholly inside ``window``, with the version to read."""
+        """The folded days whose fold (the whole day, or today's first hours) lies wholly
+        inside ``window``, with the version to read."""
         first = -(-window.since_ms // DAY_MS) * DAY_MS
-        end = window.until_ms // DAY_MS * DAY_MS
-        if first >= end:
+        if first >= window.until_ms:
             return Rolled(window)
         sql = (
-            f"SELECT toString(day), max(version) FROM {FOLDED} WHERE project_id = "
-            "{project:UUID} AND day >= {d0:Date} AND day < {d1:Date} GROUP BY day ORDER BY day "
-            + self._settings
+            f"SELECT toString(day), max(version), toUnixTimestamp64Milli(argMax(folded_until, "
+            f"(version, folded_until))) FROM {FOLDED} WHERE project_id = {{project:UUID}} "
+            "AND day >= {d0:Date} AND day <= {d1:Date} GROUP BY day ORDER BY day " + self._settings
         )
-        params = {"project": str(project), "d0": day_text(first), "d1": day_text(end)}
-        rows = await self._ch.query_rows(sql, params)
-        return Rolled(window, tuple(str(d) for d, _ in rows), tuple(int(v) for _, v in rows))
+        params = {
+            "project": str(project),
+            "d0": day_text(first),
+            "d1": day_text(window.until_ms - 1),
+        }
+        rows = [
+            (str(d), int(v), min(int(end), day_ms(str(d)) + DAY_MS))
+            for d, v, end in await self._ch.query_rows(sql, params)
+        ]
+        rows = [(d, v, end) for d, v, end in rows if day_ms(d) < end <= window.until_ms]
+        return Rolled.of(window, rows)
 
     async def timeseries(
         self,
@@ -476,12 +505,9 @@ class Reader:
         rolled = await self.rolled(project, month)
         # One scan: a rolled day must lie wholly on one side of each window's start, so
         # the days holding the 1- and 7-day boundaries are read raw.
-        kept = [
-            (d, v)
-            for d, v in zip(rolled.days, rolled.versions, strict=True)
-            if not any(_day_ms(d) < edge < _day_ms(d) + DAY_MS for edge in (d1, d7))
-        ]
-        rolled = Rolled(month, tuple(d for d, _ in kept), tuple(v for _, v in kept))
+        rolled = rolled.only(
+            [not any(a < edge < b for edge in (d1, d7)) for a, b in rolled.spans()]
+        )
         params = {**_base(project, month), **rolled.params(), "d1": d1, "d7": d7}
         source = _mixed(
             rolled, DAILY, "", "''", "toInt64(toUnixTimestamp(day)) * 1000", "''",

@@ -8,18 +8,26 @@ summed over persons in ``rollup_values_v1`` (migration 0008: what ``top`` ranks 
 ``rollup_days_v1`` (migration 0005), which :mod:`ingest.queries` reads for the folded days
 of a window and the raw events for the rest.
 
-What a fold is: for one project and one UTC day, ``events_raw_v1 FINAL`` (so a client
-retry stored twice counts once) grouped by (dimension, value, own-person hash, bot flag)
-into counts, written under a new version; the day's row in ``rollup_days_v1`` then names
-that version, so readers switch at once and never see half a fold. Persons are stored as
+What a fold is: for one project and one UTC day — all of it, or for today the hours
+before the pass's cutoff — ``events_raw_v1 FINAL`` (so a client retry stored twice
+counts once) grouped by (dimension, value, own-person hash, bot flag) into counts,
+written under a new version; the day's row in ``rollup_days_v1`` then names that version
+and where the fold ends (``folded_until``, migration 0009), so readers switch at once,
+never see half a fold, and read the raw events after its end. Persons are stored as
 the hash of the event's own id and resolved through the identity links when read, so a
 later identify needs no re-fold.
 
-Which days: a day is folded once it is over (UTC midnight passed), and again whenever
-rows for it are inserted later (a client's offline queue, a dead-letter replay): the
-``inserted_at`` column ClickHouse stamps, with its minmax index, finds them. Today is
-always read raw. A pass records how far it got in ``rollup_days_v1`` under the nil
-project, so a restart resumes there instead of folding everything again. Several
+Which days: the pass's cutoff is the last full hour that ended ``PARTIAL_LAG`` (15 min)
+ago. A day with events between the previous cutoff and this one is folded up to the
+cutoff — a day that is over, whole; today, its finished hours (so today is folded again
+each hour, over the whole day so far: about 12 times the work of folding each day once,
+inside the same cost bound below). A day is folded again whenever rows for it before
+the cutoff are inserted later (a client's offline queue, a dead-letter replay): the
+``inserted_at`` column ClickHouse stamps, with its minmax index, finds them. A partial
+fold of a project-day the pass found nothing new for is extended to the cutoff as it
+stands (:meth:`Rollup._extend`), so a quiet project's day ends up whole without a
+re-fold. A pass records its cutoff in ``rollup_days_v1`` under the nil project, so a
+restart resumes there instead of folding everything again. Several
 instances may fold the same day: each fold is complete on its own, readers take the
 newest version.
 
@@ -57,6 +65,7 @@ from ingest.queries import (
     TABLE,
     TOP_DIMENSIONS,
     VALUES,
+    day_ms,
     day_text,
 )
 from storage.clickhouse import ClickHouse
@@ -71,8 +80,12 @@ NIL = uuid.UUID(int=0)  # rollup_days_v1's bookkeeping row: how far the passes g
 FOLD_SETTINGS = f"SETTINGS max_threads = 2, max_execution_time = 120, priority = {READ_PRIORITY}"
 _DAY_WHERE = (
     "project_id = {project:UUID} AND timestamp >= toDateTime64({day:Date}, 3, 'UTC') "
-    "AND timestamp < toDateTime64({day:Date} + 1, 3, 'UTC')"
+    "AND timestamp < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
 )
+HOUR_MS = 3_600_000
+# Today's hours are folded once they ended this long ago: an event that arrives later
+# than that (a client's batch, an offline queue) re-folds its day at the next pass.
+PARTIAL_LAG_MS = 15 * 60_000
 
 
 def _pairs() -> str:
@@ -93,7 +106,7 @@ class Rollup:
         self.failures = 0
         self.pending = 0  # project-days waiting for a fold
         self.last_pass_seconds = 0.0  # how long it folded
-        self._closed: str | None = None  # days before this are folded (as of the marker)
+        self._cutoff: int | None = None  # events before this (ms) are folded, per the marker
         self._since: str | None = None  # inserted_at from which rows re-fold their day
 
     def stop(self) -> None:
@@ -120,31 +133,35 @@ class Rollup:
 
     async def _marker(self) -> None:
         rows = await self._ch.query_rows(
-            f"SELECT toString(argMax(day, version)), toString(argMax(folded_at, version)) "
-            f"FROM {FOLDED} WHERE project_id = {{nil:UUID}} HAVING count() > 0",
+            f"SELECT toUnixTimestamp64Milli(if(until < toDateTime64(day + 1, 3, 'UTC'), until, "
+            "toDateTime64(day, 3, 'UTC'))), toString(folded) FROM (SELECT argMax(day, version) "
+            "AS day, argMax(folded_until, version) AS until, argMax(folded_at, version) AS folded "
+            f"FROM {FOLDED} WHERE project_id = {{nil:UUID}} HAVING count() > 0)",
             {"nil": str(NIL)},
         )
         if rows:
-            self._closed, self._since = str(rows[0][0]), str(rows[0][1])
+            self._cutoff, self._since = int(rows[0][0]), str(rows[0][1])
 
     async def run_pass(self, now_ms: int | None = None) -> int:
-        """One pass: find the days to fold, fold them (oldest first), then record how far
-        it got. Returns the number of project-days folded."""
-        if self._closed is None:
+        """One pass: find the project-days with events to fold, fold them (oldest first),
+        extend the partial folds nothing new arrived for, then record how far it got.
+        Returns the number of project-days folded."""
+        if self._cutoff is None:
             await self._marker()
         started = time.time()
         now_ms = int(started * 1000) if now_ms is None else now_ms
-        closed = day_text(now_ms // DAY_MS * DAY_MS)  # today: not folded yet
+        # the hours that ended at least PARTIAL_LAG ago: today's too, not only past days
+        cutoff = (now_ms - PARTIAL_LAG_MS) // HOUR_MS * HOUR_MS
         started_at = datetime.fromtimestamp(started - 1, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        conditions = ["timestamp < toDateTime64({closed:Date}, 3, 'UTC')"]
-        params: dict[str, Any] = {"closed": closed}
-        if self._closed is not None:
-            # newly finished days, and older days with rows inserted since the last pass
+        conditions = ["timestamp < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')"]
+        params: dict[str, Any] = {"cutoff": cutoff}
+        if self._cutoff is not None:
+            # newly finished hours, and older days with rows inserted since the last pass
             conditions.append(
-                "(timestamp >= toDateTime64({previous:Date}, 3, 'UTC') "
+                "(timestamp >= fromUnixTimestamp64Milli({previous:Int64}, 'UTC') "
                 "OR inserted_at >= toDateTime({since:String}, 'UTC'))"
             )
-            params.update(previous=self._closed, since=self._since)
+            params.update(previous=self._cutoff, since=self._since)
         days = await self._ch.query_rows(
             f"SELECT toString(project_id), toString(toDate(timestamp)) AS d FROM {TABLE} "
             f"WHERE {' AND '.join(conditions)} GROUP BY project_id, d ORDER BY d, project_id "
@@ -156,23 +173,46 @@ class Rollup:
         for project, day in days:
             if self._stop.is_set():
                 return 0  # the marker stays: the next process folds these again
-            await self.fold(uuid.UUID(project), day)
+            await self.fold(uuid.UUID(project), day, min(day_ms(day) + DAY_MS, cutoff))
             self.pending -= 1
         self.last_pass_seconds = time.monotonic() - folding
+        await self._extend(cutoff, days)
         version = time.time_ns() // 1000
         await self._ch.command(
-            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at) VALUES "
-            f"('{NIL}', '{closed}', {version}, 0, '{started_at}')"
+            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at, folded_until) "
+            f"VALUES ('{NIL}', '{day_text(cutoff)}', {version}, 0, '{started_at}', "
+            f"fromUnixTimestamp64Milli({cutoff}, 'UTC'))"
         )
-        self._closed, self._since = closed, started_at
+        self._cutoff, self._since = cutoff, started_at
         if days:
             log.info("rollup_pass", days=len(days), seconds=round(time.time() - started, 3))
         return len(days)
 
-    async def fold(self, project: uuid.UUID, day: str) -> None:
-        """Fold one project-day under a new version, then point readers at it."""
+    async def _extend(self, cutoff: int, folded: list[tuple[str, str]]) -> None:
+        """A partial fold (a day folded up to some hour) of a project-day this pass found
+        no events for is complete up to ``cutoff`` as it stands: no event of that project
+        has a time in [the fold's end, cutoff), or this pass would have folded the day
+        (one inserted from now on re-folds it at the next pass, by ``inserted_at``). Its
+        row in rollup_days_v1 is written again, same version, reaching further."""
+        await self._ch.command(
+            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at, folded_until) "
+            "SELECT project_id, day, v, n, now64(3), least(toDateTime64(day + 1, 3, 'UTC'), "
+            "fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')) AS reach FROM (SELECT project_id, "
+            "day, max(version) AS v, argMax(events, version) AS n, "
+            "argMax(folded_until, (version, folded_until)) AS until "
+            f"FROM {FOLDED} WHERE project_id != {{nil:UUID}} GROUP BY project_id, day "
+            "HAVING until < toDateTime64(day + 1, 3, 'UTC')) "
+            "WHERE until < reach AND (toString(project_id), toString(day)) NOT IN "
+            "{folded:Array(Tuple(String, String))}",
+            parameters={"cutoff": cutoff, "nil": str(NIL), "folded": folded},
+        )
+
+    async def fold(self, project: uuid.UUID, day: str, until_ms: int | None = None) -> None:
+        """Fold one project-day — its events before ``until_ms`` (default: all of it)
+        under a new version, then point readers at it."""
         version = time.time_ns() // 1000
-        params = {"project": str(project), "day": day, "version": version}
+        until_ms = day_ms(day) + DAY_MS if until_ms is None else until_ms
+        params = {"project": str(project), "day": day, "version": version, "until": until_ms}
         bot = f"toUInt8({IS_BOT})"
         await self._ch.command(
             f"INSERT INTO {DAILY} (project_id, day, dim, value, person, is_bot, version, "
@@ -201,8 +241,9 @@ class Rollup:
             parameters=params,
         )
         await self._ch.command(
-            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at) SELECT "
-            "{project:UUID}, {day:Date}, {version:UInt64}, sum(events), now64(3) "
+            f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at, folded_until) "
+            "SELECT {project:UUID}, {day:Date}, {version:UInt64}, sum(events), now64(3), "
+            "fromUnixTimestamp64Milli({until:Int64}, 'UTC') "
             f"FROM {DAILY} WHERE project_id = {{project:UUID}} AND day = {{day:Date}} "
             "AND version = {version:UInt64} AND dim = ''",
             parameters=params,

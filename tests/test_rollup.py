@@ -18,6 +18,8 @@ from conftest import make_project
 from support import Server, clickhouse_rows, poll, request
 from test_read import ev, iso, new_key
 
+from ingest.queries import DAY_MS, Reader, ReadLimits, Rolled, Window
+from ingest.rollup import Rollup
 from storage.clickhouse import ClickHouse
 from storage.migrations import discover
 
@@ -179,3 +181,98 @@ async def test_0008_sums_every_stored_fold_per_value_and_runs_again(ch: ClickHou
     for _ in range(2):
         await migration.run_python(ch)
         assert await ch.query_rows(query) == expected
+
+
+class _RawReader(Reader):
+    """The same queries with nothing folded: every answer from the raw events."""
+
+    async def rolled(self, project: uuid.UUID, window: Window) -> Rolled:
+        return Rolled(window)
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+async def _put(ch: ClickHouse, project: uuid.UUID, at: str, who: str, path: str) -> None:
+    ms = _ms(at)
+    await ch.command(
+        "INSERT INTO events_raw_v1 (event_id, project_id, event, anonymous_id, timestamp, "
+        "received_at, properties, extras, client_timestamp) VALUES (generateUUIDv4(), "
+        f"'{project}', 'page_view', '{who}', fromUnixTimestamp64Milli({ms}, 'UTC'), now64(3), "
+        f"'{{\"path\": \"{path}\"}}', '{{}}', fromUnixTimestamp64Milli({ms}, 'UTC'))"
+    )
+
+
+async def _answers(reader: Reader, project: uuid.UUID, now: int) -> tuple:
+    window = Window(now - 2 * DAY_MS, now)
+    return (
+        await reader.timeseries(project, window, window.since_ms // 3_600_000 * 3_600_000,
+                                3_600_000, None),
+        await reader.timeseries(project, window, window.since_ms // DAY_MS * DAY_MS, DAY_MS,
+                                None),
+        await reader.top(project, window, "path", 10, None),
+        await reader.active_users(project, now),
+    )  # fmt: skip
+
+
+async def test_todays_finished_hours_are_folded_and_read_with_the_rest_raw(
+    ch: ClickHouse,
+) -> None:
+    """A pass folds the hours that ended PARTIAL_LAG ago, today's included; readers take
+    today's fold for those hours and the raw events after them, with the same answers;
+    new hours re-fold the day further, and a day nothing new arrived for is extended."""
+    p, q = uuid.uuid4(), uuid.uuid4()
+    for at, who, path in [
+        ("2026-03-09 10:00", "a1", "/x"),
+        ("2026-03-10 09:05", "a1", "/x"),
+        ("2026-03-10 13:20", "a2", "/y"),
+        ("2026-03-10 14:30", "a3", "/x"),  # after the cutoff: read raw
+    ]:
+        await _put(ch, p, at, who, path)
+    await _put(ch, q, "2026-03-10 12:00", "q1", "/q")  # nothing new for q after this
+    limits = ReadLimits(30, 1 << 30)
+    reader, raw = Reader(ch, limits), _RawReader(ch, limits)
+    rollup = Rollup(ch, 60)
+    now = _ms("2026-03-10 14:40")  # cutoff: 14:40 - 15 min → 14:00
+
+    assert await rollup.run_pass(now) == 3  # p: 9th, 10th; q: 10th
+    rolled = await reader.rolled(p, Window(now - 2 * DAY_MS, now))
+    assert rolled.days == ("2026-03-09", "2026-03-10")
+    assert rolled.gaps() == [(now - 2 * DAY_MS, _ms("2026-03-09 00:00")),
+                             (_ms("2026-03-10 14:00"), now)]  # fmt: skip
+    answers = await _answers(reader, p, now)
+    assert answers == await _answers(raw, p, now)
+    assert answers[2] == [("/x", 3, 2), ("/y", 1, 1)]
+    assert answers[3] == (3, 3, 3)
+
+    # An hour later: a new event in the hour that ended, and a late one for the morning.
+    await _put(ch, p, "2026-03-10 14:50", "a4", "/y")
+    await _put(ch, p, "2026-03-10 08:00", "a5", "/z")
+    later = now + 3_600_000  # cutoff 15:00
+    assert await rollup.run_pass(later) >= 1  # p's 10th, up to 15:00 (q's: see below)
+    rolled = await reader.rolled(p, Window(later - DAY_MS, later))
+    assert rolled.gaps() == [(later - DAY_MS, _ms("2026-03-10 00:00")),
+                             (_ms("2026-03-10 15:00"), later)]  # fmt: skip
+    assert await _answers(reader, p, later) == await _answers(raw, p, later)
+    assert await _answers(reader, p, later) == await _answers(raw, p, later)
+
+    # A partial fold of a project-day the pass found nothing new for reaches further as
+    # it stands (same version); the days the pass folded are left to their new fold.
+    def reach(project: uuid.UUID) -> str:
+        return (
+            "SELECT max(version), toUnixTimestamp64Milli(argMax(folded_until, "
+            f"(version, folded_until))) FROM rollup_days_v1 WHERE project_id = '{project}' "
+            "AND day = '2026-03-10'"
+        )
+
+    ((q_version, _),) = await ch.query_rows(reach(q))
+    ((p_version, p_until),) = await ch.query_rows(reach(p))
+    await rollup._extend(_ms("2026-03-11 00:00"), [(str(p), "2026-03-10")])
+    assert await ch.query_rows(reach(q)) == [(q_version, _ms("2026-03-11 00:00"))]
+    assert await ch.query_rows(reach(p)) == [(p_version, p_until)]
+    next_day = _ms("2026-03-11 00:30")
+    assert await _answers(reader, q, next_day) == await _answers(raw, q, next_day)
+    await rollup.run_pass(next_day)  # nothing after 15:00 for p: the 10th is whole
+    assert (await ch.query_rows(reach(p)))[0][1] == _ms("2026-03-11 00:00")
+    assert await _answers(reader, p, next_day) == await _answers(raw, p, next_day)

@@ -1,0 +1,14 @@
+-- 0009 — a fold may cover the first hours of a day: today's finished hours are read from
+-- the rollups too, not only the days that are over (ingest/rollup.py, ingest/queries.py).
+--
+-- folded_until: the end (exclusive) of the part of `day` the fold at `version` covers.
+-- A day folded whole has the next midnight, which is also what every row stored before
+-- this migration reads (the DEFAULT, computed at read for old parts): those folds were
+-- all of whole days. Readers take a folded day for [day, folded_until) and the raw events
+-- for the rest of the window.
+--
+-- The bookkeeping row of the nil project (how far the passes got) keeps its meaning for
+-- rows written before: "folded up to `day`'s midnight". Rows written from now on carry
+-- the hour the pass folded up to in folded_until, with `day` its date; a reader of the
+-- marker tells the two apart by folded_until < day + 1 (see Rollup._marker).
+ALTER TABLE rollup_days_v1 ADD COLUMN IF NOT EXISTS folded_until DateTime64(3, 'UTC') DEFAULT toDateTime64(day + 1, 3, 'UTC');
