@@ -176,7 +176,8 @@ class Rollup:
             await self.fold(uuid.UUID(project), day, min(day_ms(day) + DAY_MS, cutoff))
             self.pending -= 1
         self.last_pass_seconds = time.monotonic() - folding
-        await self._extend(cutoff, days)
+        if self._cutoff is not None:
+            await self._extend(cutoff, self._cutoff, days)
         version = time.time_ns() // 1000
         await self._ch.command(
             f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at, folded_until) "
@@ -188,23 +189,33 @@ class Rollup:
             log.info("rollup_pass", days=len(days), seconds=round(time.time() - started, 3))
         return len(days)
 
-    async def _extend(self, cutoff: int, folded: list[tuple[str, str]]) -> None:
-        """A partial fold (a day folded up to some hour) of a project-day this pass found
-        no events for is complete up to ``cutoff`` as it stands: no event of that project
-        has a time in [the fold's end, cutoff), or this pass would have folded the day
-        (one inserted from now on re-folds it at the next pass, by ``inserted_at``). Its
-        row in rollup_days_v1 is written again, same version, reaching further."""
+    async def _extend(self, cutoff: int, previous: int, folded: list[tuple[str, str]]) -> None:
+        """A partial fold (a day folded up to some hour) that ends at or after the previous
+        cutoff, of a project-day this pass found no events for, is complete up to
+        ``cutoff`` as it stands: no event of that project has a time in [previous,
+        cutoff), or this pass would have folded the day (one inserted from now on re-folds
+        it at the next pass, by ``inserted_at``). Its row in rollup_days_v1 is written
+        again, same version, reaching further. (A fold ending before ``previous`` — another
+        server's, with a cutoff behind ours — is left as it is: nothing here says what
+        lies between.) Only the last week is looked at: older days are whole."""
         await self._ch.command(
             f"INSERT INTO {FOLDED} (project_id, day, version, events, folded_at, folded_until) "
             "SELECT project_id, day, v, n, now64(3), least(toDateTime64(day + 1, 3, 'UTC'), "
             "fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')) AS reach FROM (SELECT project_id, "
             "day, max(version) AS v, argMax(events, version) AS n, "
             "argMax(folded_until, (version, folded_until)) AS until "
-            f"FROM {FOLDED} WHERE project_id != {{nil:UUID}} GROUP BY project_id, day "
-            "HAVING until < toDateTime64(day + 1, 3, 'UTC')) "
-            "WHERE until < reach AND (toString(project_id), toString(day)) NOT IN "
+            f"FROM {FOLDED} WHERE project_id != {{nil:UUID}} AND day >= {{week:Date}} "
+            "GROUP BY project_id, day HAVING until < toDateTime64(day + 1, 3, 'UTC')) "
+            "WHERE until >= fromUnixTimestamp64Milli({previous:Int64}, 'UTC') AND until < reach "
+            "AND (toString(project_id), toString(day)) NOT IN "
             "{folded:Array(Tuple(String, String))}",
-            parameters={"cutoff": cutoff, "nil": str(NIL), "folded": folded},
+            parameters={
+                "cutoff": cutoff,
+                "previous": previous,
+                "nil": str(NIL),
+                "folded": folded,
+                "week": day_text(cutoff - 7 * DAY_MS),
+            },
         )
 
     async def fold(self, project: uuid.UUID, day: str, until_ms: int | None = None) -> None:

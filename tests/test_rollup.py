@@ -249,11 +249,11 @@ async def test_todays_finished_hours_are_folded_and_read_with_the_rest_raw(
     # An hour later: a new event in the hour that ended, and a late one for the morning.
     await _put(ch, p, "2026-03-10 14:50", "a4", "/y")
     await _put(ch, p, "2026-03-10 08:00", "a5", "/z")
-    later = now + 3_600_000  # cutoff 15:00
+    later, later_cutoff = now + 3_600_000, _ms("2026-03-10 15:00")
     assert await rollup.run_pass(later) >= 1  # p's 10th, up to 15:00 (q's: see below)
     rolled = await reader.rolled(p, Window(later - DAY_MS, later))
     assert rolled.gaps() == [(later - DAY_MS, _ms("2026-03-10 00:00")),
-                             (_ms("2026-03-10 15:00"), later)]  # fmt: skip
+                             (later_cutoff, later)]  # fmt: skip
     assert await _answers(reader, p, later) == await _answers(raw, p, later)
     assert await _answers(reader, p, later) == await _answers(raw, p, later)
 
@@ -268,7 +268,7 @@ async def test_todays_finished_hours_are_folded_and_read_with_the_rest_raw(
 
     ((q_version, _),) = await ch.query_rows(reach(q))
     ((p_version, p_until),) = await ch.query_rows(reach(p))
-    await rollup._extend(_ms("2026-03-11 00:00"), [(str(p), "2026-03-10")])
+    await rollup._extend(_ms("2026-03-11 00:00"), later_cutoff, [(str(p), "2026-03-10")])
     assert await ch.query_rows(reach(q)) == [(q_version, _ms("2026-03-11 00:00"))]
     assert await ch.query_rows(reach(p)) == [(p_version, p_until)]
     next_day = _ms("2026-03-11 00:30")
