@@ -4,7 +4,9 @@ Enters: nothing from a request — a background task (started by :mod:`ingest.ap
 every ``ROLLUP_INTERVAL`` looks at ``events_raw_v1``. Leaves: rows of
 ``rollup_daily_v1`` (every dimension of ``/stats/top``, per day and person), the same
 summed over persons in ``rollup_values_v1`` (migration 0008: what ``top`` ranks by),
-``rollup_hourly_v1`` (all events and per event name, per hour) and one row per folded day in
+``rollup_hourly_v1`` (all events and per event name, per hour and person), the same with
+each hour's persons as one array in ``rollup_hour_sets_v1`` (migration 0010: what hourly
+time series read) and one row per folded day in
 ``rollup_days_v1`` (migration 0005), which :mod:`ingest.queries` reads for the folded days
 of a window and the raw events for the rest.
 
@@ -58,6 +60,7 @@ from ingest.queries import (
     DAILY,
     DAY_MS,
     FOLDED,
+    HOUR_SETS,
     HOURLY,
     IS_BOT,
     PERSON_HASH,
@@ -249,6 +252,14 @@ class Rollup:
             f"{PERSON_HASH} AS ph, {bot} AS bot, [('', ''), ('event', toString(event))] AS pairs "
             f"FROM {TABLE} FINAL WHERE {_DAY_WHERE}) ARRAY JOIN pairs AS pair "
             "GROUP BY h, pair.1, pair.2, ph, bot " + FOLD_SETTINGS,
+            parameters=params,
+        )
+        await self._ch.command(
+            f"INSERT INTO {HOUR_SETS} (project_id, hour, dim, value, is_bot, version, events, "
+            "persons) SELECT project_id, hour, dim, value, is_bot, version, sum(events), "
+            f"groupArray(person) FROM {HOURLY} WHERE project_id = {{project:UUID}} "
+            "AND toDate(hour) = {day:Date} AND version = {version:UInt64} "
+            "GROUP BY project_id, hour, dim, value, is_bot, version " + FOLD_SETTINGS,
             parameters=params,
         )
         await self._ch.command(

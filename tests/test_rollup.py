@@ -183,6 +183,37 @@ async def test_0008_sums_every_stored_fold_per_value_and_runs_again(ch: ClickHou
         assert await ch.query_rows(query) == expected
 
 
+async def test_0010_gathers_every_stored_hour_and_runs_again(ch: ClickHouse) -> None:
+    """A store folded before 0010: the migration writes each fold's hours with their
+    persons as one array, at the fold's own version; run again, the same rows."""
+    project = uuid.uuid4()
+    rows = [  # (hour, dim, value, person, is_bot, version, events)
+        ("2026-01-02 10:00:00", "", "", 1, 0, 10, 2),
+        ("2026-01-02 10:00:00", "", "", 2, 0, 10, 1),
+        ("2026-01-02 10:00:00", "", "", 1, 1, 10, 5),
+        ("2026-01-02 11:00:00", "event", "signup", 0, 0, 10, 1),
+    ]
+    values = ", ".join(
+        f"('{project}', '{h}', '{dim}', '{v}', {p}, {b}, {ver}, {n})"
+        for h, dim, v, p, b, ver, n in rows
+    )
+    await ch.command(f"INSERT INTO rollup_hourly_v1 VALUES {values}")
+    await ch.command("TRUNCATE TABLE rollup_hour_sets_v1")  # as before 0010
+    (migration,) = [m for m in discover("clickhouse") if m.version == 10]
+    query = (
+        "SELECT toString(hour), dim, value, is_bot, version, events, arraySort(persons) "
+        f"FROM rollup_hour_sets_v1 WHERE project_id = '{project}' ORDER BY hour, dim, is_bot"
+    )
+    expected = [
+        ("2026-01-02 10:00:00", "", "", 0, 10, 3, [1, 2]),
+        ("2026-01-02 10:00:00", "", "", 1, 10, 5, [1]),
+        ("2026-01-02 11:00:00", "event", "signup", 0, 10, 1, [0]),
+    ]
+    for _ in range(2):
+        await migration.run_python(ch)
+        assert await ch.query_rows(query) == expected
+
+
 class _RawReader(Reader):
     """The same queries with nothing folded: every answer from the raw events."""
 
